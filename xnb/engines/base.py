@@ -1,0 +1,373 @@
+"""The engine protocol and the neutral types engines deal in.
+
+An engine loads one model replica and serves it.  It never builds OpenAI
+shapes: it takes a :class:`GenerateRequest` and pushes text deltas, a finish
+reason and token counts into a :class:`Sink`.  :mod:`xnb.openai_shapes`
+turns those into OpenAI objects, once, for every engine.
+
+Capabilities are class attributes (``abilities``, ``formats``,
+``can_constrain``, ``supported_params``) so the catalog, the API and the CLI
+can reason about an engine without loading anything; per-engine launch options
+are a pydantic model with ``extra="forbid"`` (:attr:`Engine.Options`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xnb.catalog.schema import LaunchSpec
+from xnb.errors import EngineError, UnsupportedParameter, XnbError
+
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "SamplingParams",
+    "GenerateRequest",
+    "EmbedResult",
+    "ReplicaResources",
+    "Sink",
+    "StopChecker",
+    "ThreadedEngine",
+    "Utf8Decoder",
+    "FinishReason",
+]
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "tool_calls", "abort", "error"]
+
+#: Sampling parameters every engine understands (the OpenAI core set).
+BASE_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "stop", "seed"})
+
+
+class EngineOptions(BaseModel):
+    """Base of per-engine launch options; unknown options are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(BaseModel):
+    """Neutral sampling parameters; ``None`` means "the engine's default"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    repeat_penalty: float | None = Field(default=None, gt=0.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = None
+    grammar: str | None = Field(default=None, description="GBNF grammar constraining output")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON schema constraining output ({} = any JSON object)"
+    )
+    ignore_eos: bool = False
+
+    def set_fields(self) -> set[str]:
+        """Names of parameters the caller actually set (to check engine support)."""
+        out = set()
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if value is None or value == [] or value is False:
+                continue
+            out.add(name)
+        return out
+
+
+class GenerateRequest(BaseModel):
+    """A chat or text-completion request in engine-neutral form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["chat", "completion"]
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    n: int = Field(default=1, ge=1, le=16)
+    echo: bool = False
+    params: SamplingParams = Field(default_factory=SamplingParams)
+
+
+@dataclass
+class EmbedResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass
+class ReplicaResources:
+    """What the supervisor gave this replica: threads and GPU indices."""
+
+    threads: int = 1
+    gpus: list[int] = field(default_factory=list)
+
+
+class Sink:
+    """Where an engine puts one request's output; thread-safe.
+
+    The engine calls :meth:`put` with text deltas per choice ``index``,
+    :meth:`finish` once per choice, then :meth:`close` with usage; or
+    :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
+    ``cancelled`` is set when the client aborts: engines check it between
+    tokens and stop with finish reason ``"abort"``.
+    """
+
+    __slots__ = ("_lock", "_items", "done", "usage", "error", "cancelled", "notify", "n")
+
+    def __init__(self, n: int = 1, notify: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[int, str, str | None]] = []
+        self.n = n
+        self.done = False
+        self.usage: dict[str, int] | None = None
+        self.error: dict[str, Any] | None = None
+        self.cancelled = threading.Event()
+        self.notify = notify
+
+    def put(self, index: int, text: str) -> None:
+        if text:
+            with self._lock:
+                self._items.append((index, text, None))
+            self._wake()
+
+    def finish(self, index: int, reason: str, text: str = "") -> None:
+        with self._lock:
+            self._items.append((index, text, reason))
+        self._wake()
+
+    def close(self, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self.usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            self.done = True
+        self._wake()
+
+    def fail(self, error: XnbError) -> None:
+        with self._lock:
+            self.error = error.to_dict()
+            self.done = True
+        self._wake()
+
+    def take(self) -> list[tuple[int, str, str | None]]:
+        """Every delta produced since the last take (the pull side)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def _wake(self) -> None:
+        if self.notify is not None:
+            self.notify()
+
+
+class Utf8Decoder:
+    """Turns token byte pieces into text without splitting a multi-byte character."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, piece: bytes) -> str:
+        data = self._pending + piece
+        # Find the longest prefix that is complete UTF-8.
+        for cut in range(len(data), max(len(data) - 4, -1), -1):
+            try:
+                text = data[:cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            self._pending = data[cut:]
+            return text
+        self._pending = b""
+        return data.decode("utf-8", errors="replace")
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, b""
+        return rest.decode("utf-8", errors="replace")
+
+
+class StopChecker:
+    """Applies stop strings to streamed text.
+
+    Text that might be the start of a stop string is held back until it is
+    known not to be; :meth:`feed` returns ``(safe_text, stopped)``.
+    """
+
+    __slots__ = ("stops", "_held", "_max")
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+        self._max = max((len(s) for s in self.stops), default=0)
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buf = self._held + text
+        first = -1
+        for s in self.stops:
+            i = buf.find(s)
+            if i != -1 and (first == -1 or i < first):
+                first = i
+        if first != -1:
+            self._held = ""
+            return buf[:first], True
+        # Hold back the longest suffix that is a prefix of some stop string.
+        keep = 0
+        for k in range(min(len(buf), self._max - 1), 0, -1):
+            tail = buf[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                keep = k
+                break
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        rest, self._held = self._held, ""
+        return rest
+
+
+class Engine(ABC):
+    """One loaded model replica.  Subclasses set the class attributes below."""
+
+    #: Registry name, e.g. ``"llama-cpp"``.
+    name: ClassVar[str]
+    #: What the engine can do with a model: chat, generate, embed, rerank.
+    abilities: ClassVar[frozenset[str]]
+    #: Weight formats it loads.
+    formats: ClassVar[frozenset[str]]
+    #: Whether it can constrain output with a grammar / JSON schema.
+    can_constrain: ClassVar[bool] = False
+    #: Sampling parameters it honours; others are refused with a 400.
+    supported_params: ClassVar[frozenset[str]] = BASE_PARAMS
+    #: Whether it needs a GPU to run at all.
+    requires_gpu: ClassVar[bool] = False
+    #: Python modules that must be importable on the worker.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: Its launch options.
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        model_path: Path,
+        options: EngineOptions,
+        resources: ReplicaResources,
+    ) -> None:
+        self.spec = spec
+        self.model_path = model_path
+        self.options = options
+        self.resources = resources
+
+    # -- what the catalog and the CLI ask ------------------------------------
+
+    @classmethod
+    def can_serve(cls, abilities: list[str], fmt: str) -> bool:
+        """Whether this engine can load a spec of this format with these abilities."""
+        return fmt in cls.formats and bool(set(abilities) & cls.abilities)
+
+    @classmethod
+    def check_params(cls, request: GenerateRequest) -> None:
+        """Refuse (400) any parameter this engine cannot honour, by name."""
+        unsupported = sorted(request.params.set_fields() - cls.supported_params)
+        if request.n > 1 and "n" not in cls.supported_params:
+            unsupported.append("n")
+        if request.tools and "tools" not in cls.supported_params:
+            unsupported.append("tools")
+        if unsupported:
+            names = ", ".join(unsupported)
+            raise UnsupportedParameter(
+                f"engine {cls.name!r} cannot honour: {names}. "
+                "Remove these parameters or launch the model on an engine that supports them "
+                "(`xnb engines NAME` lists the engines for a model).",
+                param=unsupported[0],
+            )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @abstractmethod
+    def load(self) -> dict[str, Any]:
+        """Load the weights (blocking; runs on a thread of the actor).
+
+        Returns facts worth showing (context size, memory, threads).
+        """
+
+    def unload(self) -> None:
+        """Free memory; the engine is unusable afterwards."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many requests it works on at once (more wait in the actor's queue)."""
+        return 1
+
+    # -- serving -----------------------------------------------------------------
+
+    def submit(self, request: GenerateRequest, sink: Sink) -> None:
+        """Start a generation; returns at once, output goes to ``sink``."""
+        raise UnsupportedParameter(
+            f"engine {self.name!r} does not generate text", param="model"
+        )
+
+    def embed(self, texts: list[str], *, normalize: bool = True) -> EmbedResult:
+        """Embed texts (blocking; runs on a thread of the actor)."""
+        raise UnsupportedParameter(f"engine {self.name!r} does not embed text", param="model")
+
+    def stats(self) -> dict[str, Any]:
+        """Engine counters for metrics and tests (requests, tokens, KV use, ...)."""
+        return {}
+
+
+class ThreadedEngine(Engine):
+    """Helper base for engines that serve one request per thread.
+
+    Subclasses implement :meth:`generate` (blocking); :meth:`submit` runs it on
+    a pool of ``max_concurrency`` threads owned by the engine.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _ensure_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.max_concurrency, thread_name_prefix=f"xnb-{self.name}"
+            )
+        return self._pool
+
+    def submit(self, request: GenerateRequest, sink: Sink) -> None:
+        self._ensure_pool().submit(self._run, request, sink)
+
+    def _run(self, request: GenerateRequest, sink: Sink) -> None:
+        try:
+            self.generate(request, sink)
+        except XnbError as exc:
+            sink.fail(exc)
+        except Exception as exc:  # engine bug or library failure: keep the model up
+            logger.exception("engine %s failed a request", self.name)
+            sink.fail(EngineError(f"the {self.name} engine failed: {type(exc).__name__}"))
+
+    @abstractmethod
+    def generate(self, request: GenerateRequest, sink: Sink) -> None:
+        """Serve one request to completion, writing into ``sink``."""
+
+    def unload(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

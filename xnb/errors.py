@@ -1,0 +1,196 @@
+"""One exception tree for all of xnb.
+
+Every error a user can meet is an :class:`XnbError` subclass that carries its
+HTTP status and its OpenAI error ``type``/``code``.  One handler in the API
+sidecar renders them; the supervisor and model actors ship them across Dask as
+plain dicts (:meth:`XnbError.to_dict` / :func:`error_from_dict`) so a client in
+another process gets the same class back.  Status codes are chosen by class,
+never by matching message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "XnbError",
+    "InvalidRequest",
+    "UnsupportedParameter",
+    "AuthenticationFailed",
+    "PermissionDenied",
+    "NotFound",
+    "ModelNotFound",
+    "CatalogEntryNotFound",
+    "Conflict",
+    "DuplicateModel",
+    "QueueFull",
+    "ModelNotReady",
+    "ReplicaLost",
+    "ClusterUnavailable",
+    "LaunchFailed",
+    "EngineError",
+    "error_from_dict",
+]
+
+
+class XnbError(Exception):
+    """Base of every xnb error: a message for a human plus what HTTP needs."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.extra = extra
+
+    def to_dict(self) -> dict[str, Any]:
+        """A msgpack-friendly form, used to carry the error across Dask."""
+        return {
+            "kind": type(self).__name__,
+            "message": self.message,
+            "param": self.param,
+            "extra": self.extra,
+        }
+
+    def openai_body(self) -> dict[str, Any]:
+        """The OpenAI error object ``{"error": {message, type, param, code}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.to_dict(),))
+
+
+class InvalidRequest(XnbError):
+    """The request is malformed or asks for something impossible (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A parameter this model's engine cannot honour (400, names the parameter)."""
+
+    code = "unsupported_parameter"
+
+
+class AuthenticationFailed(XnbError):
+    """Missing or wrong API key (401)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(XnbError):
+    """A valid key without the scope a route needs (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class NotFound(XnbError):
+    """Something named in the request does not exist (404)."""
+
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class CatalogEntryNotFound(NotFound):
+    code = "catalog_entry_not_found"
+
+
+class Conflict(XnbError):
+    """The request conflicts with the current state (409)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class DuplicateModel(Conflict):
+    code = "model_exists"
+
+
+class QueueFull(XnbError):
+    """The model's request queue is at its bound (429, with Retry-After)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    @property
+    def retry_after(self) -> int:
+        return int(self.extra.get("retry_after", 1))
+
+
+class ModelNotReady(XnbError):
+    """The model exists but cannot serve right now (503)."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "model_not_ready"
+
+
+class ReplicaLost(ModelNotReady):
+    """The replica serving a request went away (its worker died)."""
+
+    code = "replica_lost"
+
+
+class ClusterUnavailable(XnbError):
+    """The Dask scheduler cannot be reached (503)."""
+
+    status = 503
+    type = "service_unavailable_error"
+    code = "cluster_unavailable"
+
+
+class LaunchFailed(XnbError):
+    """A model could not be loaded; its record keeps the reason (500)."""
+
+    status = 500
+    type = "server_error"
+    code = "launch_failed"
+
+
+class EngineError(XnbError):
+    """The engine failed while serving a request (500); the model stays up."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_dict(data: dict[str, Any]) -> XnbError:
+    """Rebuild an :class:`XnbError` from :meth:`XnbError.to_dict` output."""
+    classes = {c.__name__: c for c in _all_subclasses(XnbError)}
+    cls = classes.get(data.get("kind", ""), XnbError)
+    return cls(data.get("message", ""), param=data.get("param"), **(data.get("extra") or {}))
+
+
+def _rebuild(data: dict[str, Any]) -> XnbError:
+    return error_from_dict(data)
