@@ -164,7 +164,7 @@ class Catalog:
         if self.custom_dir is not None:
             self.custom_dir.mkdir(parents=True, exist_ok=True)
             path = self.custom_dir / f"{family.name}.json"
-            path.write_text(family.model_dump_json(indent=2, exclude_defaults=True))
+            path.write_text(family.model_dump_json(indent=2, exclude_none=True))
         self._families[family.name] = family
         return family
 

@@ -52,8 +52,8 @@ def _load_entry_points() -> None:
             continue
         try:
             cls = ep.load()
-        except ImportError as exc:
-            logger.warning("engine plugin %s could not be imported: %s", ep.name, exc)
+        except (ImportError, AttributeError) as exc:
+            logger.warning("engine plugin %s could not be loaded: %s", ep.name, exc)
             continue
         _registry[ep.name] = cls
 

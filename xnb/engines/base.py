@@ -19,11 +19,10 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xnb.catalog.schema import LaunchSpec
 from xnb.errors import EngineError, UnsupportedParameter, XnbError
 
 __all__ = [
@@ -39,6 +38,9 @@ __all__ = [
     "Utf8Decoder",
     "FinishReason",
 ]
+
+if TYPE_CHECKING:
+    from xnb.catalog.schema import LaunchSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,511 @@
+"""Continuous batching on llama.cpp's low-level API.
+
+One :class:`BatchScheduler` owns one llama.cpp context and one thread.  It
+keeps up to ``max_num_seqs`` sequences in the context, each in its own *slot*
+(slot *i* is llama.cpp sequence id *i* and has its own KV stream of
+``n_ctx / max_num_seqs`` cells).  Every step builds one multi-sequence batch:
+
+* each running sequence contributes its pending tokens — one sampled token
+  while decoding, or a chunk of its prompt while prefilling (chunks are sized
+  so a long prompt never stalls the others);
+* one ``llama_decode`` evaluates the whole batch;
+* each sequence whose last pending token was in the batch samples its next
+  token with its own sampler chain (temperature, top-p/k, seed, penalties,
+  grammar) and checks its own stop conditions.
+
+Why a stream per slot and not llama.cpp's unified KV cache: with a unified
+cache a sequence's cells land at indices that depend on what else is running,
+and the CPU attention kernels group their sums by cell index, so the same
+greedy request could give different text alone and in a batch.  Separate
+streams keep every sequence's cells at the same indices either way, and
+cannot run out of room because of another sequence (see docs/architecture.md).
+
+A finished sequence leaves its slot at once.  Its cells are freed, or with
+``prefix_cache`` kept so a later request sharing the prefix (same system
+prompt, a continued conversation) reuses them; a long prefix in another slot
+(idle or running) is copied over.  A sequence that reaches its own length
+limit ends with ``finish_reason="length"``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import llama_cpp
+
+from xnb.engines.base import SamplingParams, Sink, StopChecker, Utf8Decoder
+from xnb.errors import EngineError
+
+__all__ = ["BatchScheduler", "Vocab", "SequenceGroup", "build_sampler", "common_prefix"]
+
+logger = logging.getLogger(__name__)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Vocab:
+    """Tokenizer helpers over a llama.cpp vocabulary."""
+
+    def __init__(self, model: Any) -> None:
+        self.ptr = llama_cpp.llama_model_get_vocab(model)
+        self.n_tokens = llama_cpp.llama_vocab_n_tokens(self.ptr)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.ptr))
+        self.bos = llama_cpp.llama_vocab_bos(self.ptr)
+        self.eos = llama_cpp.llama_vocab_eos(self.ptr)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.ptr, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.ptr, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        n = llama_cpp.llama_token_to_piece(self.ptr, token, self._piece_buf, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.ptr, token, big, -n, 0, False)
+            out = big.raw[:n]
+        else:
+            out = self._piece_buf.raw[:n]
+        self._pieces[token] = out
+        return out
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        raw = llama_cpp.llama_vocab_get_text(self.ptr, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.ptr, token))
+
+
+def build_sampler(vocab: Vocab, params: SamplingParams, grammar: str | None) -> Any:
+    """A llama.cpp sampler chain for one sequence (OpenAI defaults where unset)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+    if params.logit_bias:
+        arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
+        for i, (tok, bias) in enumerate(params.logit_bias.items()):
+            arr[i].token = int(tok)
+            arr[i].bias = float(bias)
+        add(llama_cpp.llama_sampler_init_logit_bias(vocab.n_tokens, len(params.logit_bias), arr))
+    if grammar:
+        g = llama_cpp.llama_sampler_init_grammar(vocab.ptr, grammar.encode(), b"root")
+        if not g:
+            llama_cpp.llama_sampler_free(chain)
+            raise ValueError("llama.cpp rejected the grammar")
+        add(g)
+    repeat = params.repeat_penalty or 1.0
+    freq = params.frequency_penalty or 0.0
+    presence = params.presence_penalty or 0.0
+    if repeat != 1.0 or freq or presence:
+        add(llama_cpp.llama_sampler_init_penalties(vocab.n_tokens, 64, repeat, freq, presence))
+    temperature = 1.0 if params.temperature is None else params.temperature
+    if temperature <= 0.0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_k:
+        add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.top_p is not None and params.top_p < 1.0:
+        add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p:
+        add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(temperature))
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+    add(llama_cpp.llama_sampler_init_dist(seed))
+    return chain
+
+
+class SequenceGroup:
+    """The ``n`` choices of one request, sharing a sink; closes it when all end."""
+
+    def __init__(self, sink: Sink, n_choices: int, prompt_tokens: int) -> None:
+        self.sink = sink
+        self.remaining = n_choices
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+
+    def choice_done(self, generated: int) -> None:
+        self.completion_tokens += generated
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.sink.close(self.prompt_tokens, self.completion_tokens)
+
+
+@dataclass(eq=False)
+class Sequence:
+    group: SequenceGroup
+    index: int
+    tokens: list[int]
+    n_prompt: int
+    params: SamplingParams
+    max_len: int
+    sampler: Any
+    stop: StopChecker
+    decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
+    slot: int = -1
+    n_past: int = 0
+    generated: int = 0
+    admitted_at: float = 0.0
+    submitted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    reused: int = 0
+
+    @property
+    def sink(self) -> Sink:
+        return self.group.sink
+
+    @property
+    def max_new(self) -> int:
+        return self.params.max_tokens or (1 << 30)
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    seq: Sequence | None = None
+    cached: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+class BatchScheduler:
+    """Serves many sequences on one llama.cpp context with one decode per step."""
+
+    #: Shortest shared prefix worth copying from another slot's stream.
+    MIN_COPY_PREFIX = 48
+
+    def __init__(
+        self,
+        ctx: Any,
+        vocab: Vocab,
+        *,
+        n_ctx: int,
+        max_num_seqs: int,
+        n_batch: int,
+        prefill_chunk: int | None = None,
+        prefix_cache: bool = True,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.vocab = vocab
+        self.mem = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.prefill_chunk = prefill_chunk or n_batch
+        self.prefix_cache = prefix_cache
+        self.slots = [Slot(i) for i in range(max_num_seqs)]
+        self.waiting: deque[Sequence] = deque()
+        self._incoming: list[Sequence] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._on_step = on_step
+        self._ctx_lock = threading.Lock()
+        self.counters = {
+            "steps": 0,
+            "tokens_decoded": 0,
+            "tokens_generated": 0,
+            "prompt_tokens": 0,
+            "prompt_tokens_reused": 0,
+            "sequences_finished": 0,
+            "sequences_aborted": 0,
+            "max_batch_seqs": 0,
+        }
+        self._thread = threading.Thread(target=self._run, name="xnb-llama-batch", daemon=True)
+        self._thread.start()
+
+    # -- public ------------------------------------------------------------------------
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            self._incoming.extend(seqs)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        """Make the loop look at cancellations now (called on abort)."""
+        with self._cond:
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+        llama_cpp.llama_batch_free(self._batch)
+
+    def kv_cells(self) -> dict[str, int]:
+        """KV cells per state, read from llama.cpp's memory (positions per sequence)."""
+        with self._ctx_lock:
+            return self._kv_cells_locked()
+
+    def _kv_cells_locked(self) -> dict[str, int]:
+        active = cached = 0
+        for slot in self.slots:
+            lo = llama_cpp.llama_memory_seq_pos_min(self.mem, slot.seq_id)
+            hi = llama_cpp.llama_memory_seq_pos_max(self.mem, slot.seq_id)
+            cells = 0 if hi < 0 else hi - lo + 1
+            if slot.seq is not None:
+                active += cells
+            else:
+                cached += cells
+        return {"kv_cells_active": active, "kv_cells_cached": cached}
+
+    def clear_cache(self) -> None:
+        """Drop the prefix cache of idle slots (their KV cells return to llama.cpp)."""
+        with self._cond:
+            self._clear_cache_pending = True
+            self._cond.notify()
+
+    def stats(self) -> dict[str, Any]:
+        running = sum(1 for s in self.slots if s.seq is not None)
+        return {
+            **self.counters,
+            "running": running,
+            "waiting": len(self.waiting) + len(self._incoming),
+            "max_num_seqs": len(self.slots),
+            "n_ctx": self.n_ctx,
+            **self.kv_cells(),
+        }
+
+    # -- the loop -------------------------------------------------------------------------
+
+    _clear_cache_pending = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while (
+                    not self._closed
+                    and not self._incoming
+                    and not self.waiting
+                    and not self._clear_cache_pending
+                    and all(s.seq is None for s in self.slots)
+                ):
+                    self._cond.wait()
+                if self._closed:
+                    break
+                self.waiting.extend(self._incoming)
+                self._incoming.clear()
+                clear = self._clear_cache_pending
+                self._clear_cache_pending = False
+            if clear:
+                for slot in self.slots:
+                    if slot.seq is None and slot.cached:
+                        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                        slot.cached = []
+            try:
+                with self._ctx_lock:
+                    self._step()
+            except Exception:  # a bug here must not leave clients hanging
+                logger.exception("llama.cpp batch step failed; failing running sequences")
+                self._fail_all("the llama.cpp scheduler failed; the request was not completed")
+        self._fail_all("the model is shutting down")
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        entries = self._fill_batch()
+        if not entries:
+            return
+        ret = llama_cpp.llama_decode(self.ctx, self._batch)
+        if ret == 1:
+            self._relieve_memory(entries)
+            return
+        if ret != 0:
+            raise RuntimeError(f"llama_decode returned {ret}")
+        self.counters["steps"] += 1
+        self.counters["tokens_decoded"] += self._batch.n_tokens
+        self.counters["max_batch_seqs"] = max(self.counters["max_batch_seqs"], len(entries))
+        if self._on_step is not None:
+            self._on_step(len(entries), self._batch.n_tokens)
+        for seq, count, out_index in entries:
+            seq.n_past += count
+            if out_index >= 0:
+                self._sample(seq, out_index)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self.waiting if s.sink.cancelled.is_set()]:
+            self.waiting.remove(seq)
+            self._finish(seq, "abort")
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.sink.cancelled.is_set():
+                self._finish(slot.seq, "abort")
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.seq is None]
+            if not free:
+                return
+            seq = self.waiting.popleft()
+            self._place(seq, free)
+
+    def _place(self, seq: Sequence, free: list[Slot]) -> None:
+        """Put a sequence in a free slot, reusing the longest cached or running prefix.
+
+        Each slot is its own KV stream.  A prefix cached in the chosen slot is
+        reused in place; a longer one in another slot (idle or running) is
+        copied over (llama.cpp copies whole streams, so only when it pays).
+        """
+        tokens = seq.tokens
+        best_free, best_free_len = None, 0
+        for slot in free:
+            n = common_prefix(slot.cached, tokens)
+            if n > best_free_len:
+                best_free, best_free_len = slot, n
+        best_src, best_src_len = None, 0
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.n_past > 0:
+                n = common_prefix(slot.seq.tokens[: slot.seq.n_past], tokens)
+                if n > best_src_len:
+                    best_src, best_src_len = slot, n
+        if best_free is not None and best_free_len >= best_src_len:
+            dst, reuse = best_free, best_free_len
+        else:
+            dst = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+            reuse = 0
+            if best_src is not None and best_src_len >= self.MIN_COPY_PREFIX:
+                llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self.mem, best_src.seq_id, dst.seq_id, -1, -1)
+                reuse = best_src_len
+        # Logits come from evaluating at least the last token again.
+        reuse = min(reuse, len(tokens) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, reuse, -1):
+            llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, -1, -1)
+            reuse = 0
+        dst.cached = []
+        dst.seq = seq
+        seq.slot = dst.seq_id
+        seq.n_past = reuse
+        seq.admitted_at = time.monotonic()
+        seq.reused = reuse
+        self.counters["prompt_tokens"] += len(tokens)
+        self.counters["prompt_tokens_reused"] += reuse
+
+    def _fill_batch(self) -> list[tuple[Sequence, int, int]]:
+        """Fill the batch: decoding sequences first, then prompt chunks; returns entries."""
+        batch = self._batch
+        n = 0
+        entries: list[tuple[Sequence, int, int]] = []
+        running = [s.seq for s in self.slots if s.seq is not None]
+        decoding = [s for s in running if len(s.tokens) - s.n_past == 1]
+        prefilling = sorted(
+            (s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at
+        )
+        for seq in itertools.chain(decoding, prefilling):
+            pending = len(seq.tokens) - seq.n_past
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            count = min(pending, room, self.prefill_chunk if pending > 1 else 1)
+            start = seq.n_past
+            for j in range(count):
+                batch.token[n + j] = seq.tokens[start + j]
+                batch.pos[n + j] = start + j
+                batch.n_seq_id[n + j] = 1
+                batch.seq_id[n + j][0] = seq.slot
+                batch.logits[n + j] = 0
+            last = count == pending
+            if last:
+                batch.logits[n + count - 1] = 1
+            entries.append((seq, count, n + count - 1 if last else -1))
+            n += count
+        batch.n_tokens = n
+        return entries
+
+    def _sample(self, seq: Sequence, out_index: int) -> None:
+        token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, out_index)
+        now = time.monotonic()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        seq.generated += 1
+        self.counters["tokens_generated"] += 1
+        if self.vocab.is_eog(token) and not seq.params.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(token)
+        text = seq.decoder.feed(self.vocab.piece(token))
+        if text:
+            safe, stopped = seq.stop.feed(text)
+            if safe:
+                seq.sink.put(seq.index, safe)
+            if stopped:
+                self._finish(seq, "stop", flush=False)
+                return
+        if seq.generated >= seq.max_new or len(seq.tokens) >= seq.max_len:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str, *, flush: bool = True) -> None:
+        tail = ""
+        if flush and reason != "abort":
+            rest = seq.decoder.flush()
+            safe, stopped = seq.stop.feed(rest) if rest else ("", False)
+            tail = safe if stopped else safe + seq.stop.flush()
+        if seq.slot >= 0:
+            slot = self.slots[seq.slot]
+            slot.seq = None
+            slot.last_used = time.monotonic()
+            if self.prefix_cache and reason != "abort":
+                slot.cached = seq.tokens[: seq.n_past]
+            else:
+                llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                slot.cached = []
+            seq.slot = -1
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        key = "sequences_aborted" if reason == "abort" else "sequences_finished"
+        self.counters[key] += 1
+        seq.sink.finish(seq.index, reason, tail)
+        seq.group.choice_done(seq.generated)
+
+    def _relieve_memory(self, entries: list[tuple[Sequence, int, int]]) -> None:
+        """A stream had no room (it cannot, given max_len ≤ cells per stream):
+        end the longest sequence of the batch with ``length`` rather than loop."""
+        victim = max((seq for seq, _, _ in entries), key=lambda s: len(s.tokens))
+        logger.warning("llama.cpp found no KV room for a sequence of %d tokens", len(victim.tokens))
+        self._finish(victim, "length")
+
+    def _fail_all(self, message: str) -> None:
+        seqs = [s.seq for s in self.slots if s.seq is not None] + list(self.waiting)
+        with self._cond:
+            seqs += self._incoming
+            self._incoming = []
+        self.waiting.clear()
+        failed: set[int] = set()
+        for seq in seqs:
+            if seq.slot >= 0:
+                self.slots[seq.slot].seq = None
+                llama_cpp.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                seq.slot = -1
+            if id(seq.group) not in failed:
+                failed.add(id(seq.group))
+                seq.sink.fail(EngineError(message))
