@@ -23,6 +23,7 @@ __all__ = [
     "CatalogEntryNotFound",
     "Conflict",
     "DuplicateModel",
+    "PlacementFailed",
     "QueueFull",
     "ModelNotReady",
     "ReplicaLost",
@@ -126,6 +127,12 @@ class Conflict(XnbError):
 
 class DuplicateModel(Conflict):
     code = "model_exists"
+
+
+class PlacementFailed(Conflict):
+    """No worker has room for the replica(s) (409: the cluster's resources conflict)."""
+
+    code = "insufficient_resources"
 
 
 class QueueFull(XnbError):

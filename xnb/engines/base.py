@@ -167,6 +167,10 @@ class Sink:
             self.done = True
         self._wake()
 
+    def has_output(self) -> bool:
+        """Whether a pull would return something now."""
+        return bool(self._items) or self.done
+
     def take(self) -> list[tuple[int, str, str | None]]:
         """Every delta produced since the last take (the pull side)."""
         with self._lock:

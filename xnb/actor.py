@@ -1,0 +1,349 @@
+"""ModelActor: one replica of one model, living on a Dask worker.
+
+The Supervisor creates it with ``client.submit(ModelActor, ..., actor=True)``
+and then calls :meth:`ModelActor.load`.  Clients call it directly on its
+worker (``direct_to_workers``), never through the scheduler.
+
+Every method is ``async``, so Dask runs it on the worker's event loop; the
+blocking work (file download, model load, embedding) runs on the actor's own
+thread pool and generation on the engine's own thread(s) — never on the
+worker's loop and never on Dask's single shared actor thread, so two models on
+one worker serve at the same time.
+
+Streaming is pulled (Dask actor calls only return values): :meth:`start`
+returns a stream id, :meth:`pull` returns every delta produced since the last
+pull — compact ``(index, text, finish_reason)`` tuples, OpenAI shapes are
+built on the client side — and :meth:`abort` cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed.protocol import to_serialize
+from pydantic import ValidationError
+
+from xnb.catalog import validation_message
+from xnb.catalog.schema import LaunchSpec
+from xnb.engines import engine_installed, get_engine
+from xnb.engines.base import Engine, GenerateRequest, ReplicaResources, Sink
+from xnb.errors import (
+    EngineError,
+    InvalidRequest,
+    LaunchFailed,
+    ModelNotFound,
+    ModelNotReady,
+    NotFound,
+    QueueFull,
+    ReplicaLost,
+    XnbError,
+)
+
+__all__ = ["ModelActor", "ActorRef", "PROGRESS_TOPIC"]
+
+logger = logging.getLogger(__name__)
+
+#: Dask event topic the actor reports launch progress on (the Supervisor listens).
+PROGRESS_TOPIC = "xnb-progress"
+
+#: A stream nobody pulled for this long is aborted (its client went away).
+STREAM_IDLE_TIMEOUT_S = 60.0
+
+
+class _Stream:
+    """One request's output buffer plus the wake-up for a waiting pull."""
+
+    __slots__ = ("sink", "loop", "event", "waiting", "last_pull", "kind")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, kind: str) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+        self.waiting = False
+        self.last_pull = time.monotonic()
+        self.kind = kind
+        self.sink = Sink(n, notify=self._notify)
+
+    def _notify(self) -> None:  # called from engine threads
+        if self.waiting:
+            self.loop.call_soon_threadsafe(self.event.set)
+
+    async def wait(self, timeout: float) -> None:
+        self.event.clear()
+        self.waiting = True
+        try:
+            if self.sink.has_output():
+                return
+            try:
+                await asyncio.wait_for(self.event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            self.waiting = False
+
+
+class ModelActor:
+    """One replica of one model (a Dask actor)."""
+
+    def __init__(
+        self,
+        uid: str,
+        replica: int,
+        spec: dict[str, Any],
+        *,
+        threads: int = 1,
+        gpus: list[int] | None = None,
+        max_queue: int = 64,
+        cache_dir: str | None = None,
+    ) -> None:
+        # Cheap on purpose: Dask runs the constructor as a task; loading is load().
+        self.uid = uid
+        self.replica = replica
+        self.spec = LaunchSpec.model_validate(spec)
+        self.resources = ReplicaResources(threads=threads, gpus=list(gpus or []))
+        self.max_queue = max_queue
+        self.cache_dir = Path(cache_dir) if cache_dir else Path("~/.xnb/cache").expanduser()
+        self.status = "created"
+        self.engine: Engine | None = None
+        self.load_info: dict[str, Any] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._embedding = 0
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"xnb-actor-{uid}")
+        self._reaper: asyncio.Task[None] | None = None
+        self.counters = {"requests": 0, "rejected": 0, "aborted": 0, "failed": 0, "embed_requests": 0}
+        self.created_at = time.time()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def load(self) -> dict[str, Any]:
+        """Fetch the files, load the engine; reports progress as Dask events."""
+        from distributed import get_worker
+
+        from xnb.hub import resolve_files
+
+        loop = asyncio.get_running_loop()
+        worker = get_worker()
+
+        def report(phase: str, **extra: Any) -> None:
+            msg = {"uid": self.uid, "replica": self.replica, "phase": phase, **extra}
+            loop.call_soon_threadsafe(worker.log_event, PROGRESS_TOPIC, msg)
+
+        engine_cls = get_engine(self.spec.engine)
+        if not engine_installed(self.spec.engine):
+            missing = ", ".join(engine_cls.requires)
+            raise LaunchFailed(
+                f"engine {self.spec.engine!r} is not installed on worker {worker.address} "
+                f"(missing: {missing}); install it there, e.g. pip install 'xnb[{self.spec.engine}]'"
+            )
+        self.status = "downloading"
+        report("downloading")
+        files = await loop.run_in_executor(
+            self._pool,
+            lambda: resolve_files(
+                self.spec, cache_dir=self.cache_dir, progress=lambda p: report(**p)
+            ),
+        )
+        self.status = "loading"
+        report("loading", path=str(files.path), size_bytes=files.size_bytes)
+        options = engine_cls.Options.model_validate(self.spec.engine_options)
+        engine = engine_cls(self.spec, files.path, options, self.resources)
+        started = time.monotonic()
+        try:
+            info = await loop.run_in_executor(self._pool, engine.load)
+        except XnbError:
+            raise
+        except Exception as exc:  # a library failure: say what failed, keep the worker
+            logger.exception("loading %s failed", self.uid)
+            raise LaunchFailed(
+                f"{self.spec.engine} could not load {self.spec.model_name}: {type(exc).__name__}: {exc}"
+            ) from None
+        self.engine = engine
+        self.status = "ready"
+        self.load_info = {
+            **info,
+            "load_seconds": round(time.monotonic() - started, 3),
+            "path": str(files.path),
+            "downloaded": files.downloaded,
+            "size_bytes": files.size_bytes,
+        }
+        self._reaper = asyncio.create_task(self._reap_idle_streams())
+        return self.load_info
+
+    async def unload(self) -> None:
+        self.status = "terminating"
+        for stream in self._streams.values():
+            stream.sink.cancelled.set()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, engine.unload)
+        self._pool.shutdown(wait=False)
+        self.status = "unloaded"
+
+    async def info(self) -> dict[str, Any]:
+        """Status and counters (engine counters included) for listings and metrics."""
+        return {
+            "uid": self.uid,
+            "replica": self.replica,
+            "status": self.status,
+            "inflight": self._inflight(),
+            "streams": len(self._streams),
+            "capacity": self._capacity() if self.engine else 0,
+            "counters": dict(self.counters),
+            "engine": self.engine.stats() if self.engine else {},
+            "load": self.load_info,
+        }
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _inflight(self) -> int:
+        return self._embedding + sum(1 for s in self._streams.values() if not s.sink.done)
+
+    def _capacity(self) -> int:
+        assert self.engine is not None
+        return self.engine.max_concurrency + self.max_queue
+
+    def _ready_engine(self) -> Engine:
+        if self.engine is None or self.status != "ready":
+            raise ModelNotReady(
+                f"model {self.uid!r} (replica {self.replica}) is {self.status}, not ready; "
+                "wait for it (xnb list shows progress) and retry"
+            )
+        if self._inflight() >= self._capacity():
+            self.counters["rejected"] += 1
+            raise QueueFull(
+                f"model {self.uid!r} has {self._inflight()} requests in flight, its limit; "
+                "retry later or launch more replicas",
+                retry_after=1,
+            )
+        return self.engine
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def start(self, request: dict[str, Any]) -> str:
+        """Begin a generation; returns the stream id to pull."""
+        engine = self._ready_engine()
+        try:
+            req = GenerateRequest.model_validate(request)
+        except ValidationError as exc:
+            raise InvalidRequest(f"invalid request: {validation_message(exc)}") from None
+        stream = _Stream(asyncio.get_running_loop(), req.n, req.kind)
+        engine.submit(req, stream.sink)
+        sid = uuid.uuid4().hex
+        self._streams[sid] = stream
+        self.counters["requests"] += 1
+        return sid
+
+    async def pull(self, sid: str, max_wait: float = 0.5) -> tuple[Any, ...]:
+        """Deltas since the last pull: ``(deltas, done, usage, error)``.
+
+        Waits up to ``max_wait`` seconds for the first delta, then returns
+        everything available (batching when the client is slower than the engine).
+        """
+        stream = self._streams.get(sid)
+        if stream is None:
+            raise NotFound(f"stream {sid} is unknown or finished", param="stream")
+        stream.last_pull = time.monotonic()
+        sink = stream.sink
+        if not sink.has_output():
+            await stream.wait(max_wait)
+        items = sink.take()
+        if not sink.done:
+            return (items, False, None, None)
+        items += sink.take()
+        del self._streams[sid]
+        if sink.error is not None:
+            self.counters["failed"] += 1
+        return (items, True, sink.usage, sink.error)
+
+    async def abort(self, sid: str) -> bool:
+        """Cancel a stream (client went away); frees its engine slot."""
+        stream = self._streams.pop(sid, None)
+        if stream is None:
+            return False
+        self.counters["aborted"] += 1
+        stream.sink.cancelled.set()
+        if self.engine is not None and hasattr(self.engine, "abort"):
+            self.engine.abort(stream.sink)
+        return True
+
+    async def generate(self, request: dict[str, Any]) -> tuple[Any, ...]:
+        """A whole non-streaming generation in one call: ``(deltas, usage, error)``."""
+        sid = await self.start(request)
+        items: list[Any] = []
+        while True:
+            chunk, done, usage, error = await self.pull(sid, max_wait=5.0)
+            items.extend(chunk)
+            if done:
+                return (items, usage, error)
+
+    async def _reap_idle_streams(self) -> None:
+        while True:
+            await asyncio.sleep(STREAM_IDLE_TIMEOUT_S / 4)
+            cutoff = time.monotonic() - STREAM_IDLE_TIMEOUT_S
+            for sid, stream in list(self._streams.items()):
+                if stream.last_pull < cutoff:
+                    logger.info("aborting stream %s of %s: nobody pulled it", sid, self.uid)
+                    await self.abort(sid)
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def embed(self, texts: list[str], normalize: bool = True) -> tuple[np.ndarray, int]:
+        """Embed texts: ``(float32 array of shape (len(texts), dim), prompt tokens)``."""
+        engine = self._ready_engine()
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        self._embedding += 1
+        self.counters["embed_requests"] += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: engine.embed(texts, normalize=normalize)
+            )
+        except XnbError:
+            raise
+        except Exception as exc:
+            logger.exception("embedding failed on %s", self.uid)
+            raise EngineError(f"the {engine.name} engine failed to embed: {type(exc).__name__}") from None
+        finally:
+            self._embedding -= 1
+        return np.asarray(result.vectors, dtype=np.float32), result.prompt_tokens
+
+
+class ActorRef:
+    """Calls one model actor on its worker (what ``distributed.Actor`` does internally).
+
+    Unlike ``distributed.Actor``, it holds no future on the actor's key, so a
+    client that used a model never keeps it alive after the Supervisor
+    terminates it.
+    """
+
+    def __init__(self, client: Any, address: str, key: str) -> None:
+        self.client = client
+        self.address = address
+        self.key = key
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            reply = await self.client.rpc(self.address).actor_execute(
+                actor=self.key,
+                function=method,
+                args=[to_serialize(a) for a in args],
+                kwargs={k: to_serialize(v) for k, v in kwargs.items()},
+            )
+        except OSError as exc:
+            raise ReplicaLost(f"the worker serving this model ({self.address}) is unreachable: {exc}") from None
+        except KeyError:
+            raise ModelNotFound("this model replica no longer exists (terminated?)", param="model") from None
+        if reply["status"] == "OK":
+            return reply["result"]
+        exc = reply["exception"]
+        if isinstance(exc, XnbError):
+            raise exc
+        raise XnbError(f"model actor call {method} failed: {type(exc).__name__}")

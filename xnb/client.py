@@ -1,0 +1,332 @@
+"""The Python API: ``xnb.connect()`` → :class:`Client` → :class:`Model` handles.
+
+Both a synchronous API (notebooks, scripts) and an asyncio one
+(:func:`connect_async`, :class:`AsyncClient`) sit on the same
+:class:`~xnb.manager.ModelManager`; the synchronous one runs the manager's
+coroutines on the Dask client's own event-loop thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import numpy as np
+
+from xnb.cluster import (
+    ensure_supervisor,
+    ensure_supervisor_async,
+    find_running_cluster,
+    remove_runtime_file,
+    start_local_cluster,
+    write_runtime_file,
+)
+from xnb.errors import ClusterUnavailable
+from xnb.manager import ModelManager
+from xnb.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    parse_request,
+)
+from xnb.settings import XnbSettings
+
+__all__ = ["connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _log_progress(record: dict[str, Any]) -> None:
+    logger.info("model %s: %s", record["uid"], record["status"])
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+class AsyncModel:
+    """A launched model (asyncio API).  Results are OpenAI-shaped dicts."""
+
+    def __init__(self, manager: ModelManager, record: dict[str, Any]) -> None:
+        self.manager = manager
+        self.uid: str = record["uid"]
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<xnb model {self.uid} ({self.record.get('model_name')}) {self.record.get('status')}>"
+
+    async def refresh(self) -> dict[str, Any]:
+        self.record = await self.manager.describe(self.uid)
+        return self.record
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    async def wait(self, timeout: float | None = None, on_progress: Progress | None = None) -> "AsyncModel":
+        self.record = await self.manager.wait_ready(self.uid, timeout=timeout, on_update=on_progress)
+        return self
+
+    async def chat(self, messages: list[dict[str, Any]] | str, *, stream: bool = False, **params: Any) -> Any:
+        """OpenAI chat completion (a dict), or an async iterator of chunks when streaming."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        body = parse_request(ChatCompletionRequest, {"model": self.uid, "messages": messages, "stream": stream, **params})
+        if stream:
+            return self.manager.chat_completion_stream(body)
+        return await self.manager.chat_completion(body)
+
+    async def complete(self, prompt: str | list[str], *, stream: bool = False, **params: Any) -> Any:
+        """OpenAI text completion (a dict), or an async iterator of chunks when streaming."""
+        body = parse_request(CompletionRequest, {"model": self.uid, "prompt": prompt, "stream": stream, **params})
+        if stream:
+            return self.manager.completion_stream(body)
+        return await self.manager.completion(body)
+
+    async def embed(self, texts: str | list[str], *, normalize: bool = True) -> np.ndarray:
+        """Embeddings as a float32 array of shape ``(len(texts), dim)``."""
+        body = parse_request(EmbeddingRequest, {"model": self.uid, "input": texts})
+        vectors, _ = await self.manager.embed(self.uid, body.texts, normalize=normalize)
+        return vectors
+
+    async def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
+        """OpenAI embeddings response (a dict)."""
+        return await self.manager.embeddings(
+            parse_request(EmbeddingRequest, {"model": self.uid, "input": input, **params})
+        )
+
+    async def info(self) -> list[dict[str, Any]]:
+        """Each replica's status and counters."""
+        return await self.manager.replica_info(self.uid)
+
+    async def events(self) -> list[dict[str, Any]]:
+        return await self.manager.events(self.uid)
+
+    async def terminate(self) -> dict[str, Any]:
+        return await self.manager.terminate(self.uid)
+
+
+class AsyncClient:
+    """asyncio API over an asynchronous Dask client."""
+
+    def __init__(self, dask_client: Any, *, cluster: Any = None, settings: XnbSettings | None = None) -> None:
+        self.dask = dask_client
+        self.cluster = cluster
+        self.settings = settings or XnbSettings()
+        self.manager = ModelManager(dask_client, stream_poll_s=self.settings.stream_poll_s)
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.dask.scheduler.address
+
+    async def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
+                     on_progress: Progress | None = None, **options: Any) -> AsyncModel:
+        """Launch a catalog model (engine=, format=, size=, quantization=, uid=, replicas=, ...)."""
+        model = AsyncModel(self.manager, await self.manager.launch(name, **options))
+        if wait:
+            await model.wait(timeout=timeout, on_progress=on_progress)
+        return model
+
+    async def get(self, uid: str) -> AsyncModel:
+        return AsyncModel(self.manager, await self.manager.describe(uid))
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self.manager.list()
+
+    async def terminate(self, uid: str) -> dict[str, Any]:
+        return await self.manager.terminate(uid)
+
+    async def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+        return await self.manager.catalog(query, **filters)
+
+    async def cluster_info(self) -> dict[str, Any]:
+        return await self.manager.cluster()
+
+    async def close(self) -> None:
+        await self.dask.close()
+        if self.cluster is not None:
+            remove_runtime_file(self.settings)
+            await self.cluster.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+async def connect_async(address: str | None = None, *, settings: XnbSettings | None = None) -> AsyncClient:
+    """Attach to a running cluster (asyncio).  Starting one needs the sync :func:`connect`."""
+    from distributed import Client as DaskClient
+
+    settings = settings or XnbSettings()
+    address = address or find_running_cluster(settings)
+    if address is None:
+        raise ClusterUnavailable(
+            "no xnb cluster is running; start one with `xnb local` or xnb.connect()"
+        )
+    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
+    await ensure_supervisor_async(dask)
+    return AsyncClient(dask, settings=settings)
+
+
+# -- synchronous -------------------------------------------------------------------------------
+
+
+class Model:
+    """A launched model (synchronous API).  Results are OpenAI-shaped dicts."""
+
+    def __init__(self, client: "Client", amodel: AsyncModel) -> None:
+        self._client = client
+        self._amodel = amodel
+
+    def __repr__(self) -> str:
+        return repr(self._amodel)
+
+    @property
+    def uid(self) -> str:
+        return self._amodel.uid
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self._amodel.record
+
+    @property
+    def status(self) -> str:
+        return self._client._sync(self._amodel.refresh)["status"]
+
+    def wait(self, timeout: float | None = None, on_progress: Progress | None = None) -> "Model":
+        self._client._sync(self._amodel.wait, timeout, on_progress)
+        return self
+
+    def chat(self, messages: list[dict[str, Any]] | str, *, stream: bool = False, **params: Any) -> Any:
+        """OpenAI chat completion dict; with ``stream=True`` an iterator of chunk dicts."""
+        result = self._client._sync(lambda: self._amodel.chat(messages, stream=stream, **params))
+        return self._client._iterate(result) if stream else result
+
+    def complete(self, prompt: str | list[str], *, stream: bool = False, **params: Any) -> Any:
+        """OpenAI text completion dict; with ``stream=True`` an iterator of chunk dicts."""
+        result = self._client._sync(lambda: self._amodel.complete(prompt, stream=stream, **params))
+        return self._client._iterate(result) if stream else result
+
+    def embed(self, texts: str | list[str], *, normalize: bool = True) -> np.ndarray:
+        return self._client._sync(lambda: self._amodel.embed(texts, normalize=normalize))
+
+    def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
+        return self._client._sync(lambda: self._amodel.embeddings(input, **params))
+
+    def info(self) -> list[dict[str, Any]]:
+        return self._client._sync(self._amodel.info)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self._client._sync(self._amodel.events)
+
+    def terminate(self) -> dict[str, Any]:
+        return self._client._sync(self._amodel.terminate)
+
+
+class Client:
+    """Synchronous API: launch, list, use and terminate models on an xnb cluster."""
+
+    def __init__(self, address: str, *, cluster: Any = None, settings: XnbSettings | None = None) -> None:
+        from distributed import Client as DaskClient
+
+        self.settings = settings or XnbSettings()
+        self.cluster = cluster
+        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False)
+        ensure_supervisor(self.dask)
+        self._async = AsyncClient(self.dask, settings=self.settings)
+        self.manager = self._async.manager
+
+    def __repr__(self) -> str:
+        return f"<xnb.Client scheduler={self.scheduler_address}{' (embedded)' if self.cluster else ''}>"
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.dask.scheduler.address
+
+    def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.dask.sync(fn, *args, **kwargs)
+
+    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+        async def next_item() -> tuple[bool, Any]:
+            try:
+                return True, await agen.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        finished = False
+        try:
+            while True:
+                more, item = self._sync(next_item)
+                if not more:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished:
+                self._sync(agen.aclose)  # aborts the generation on the model
+
+    def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
+               on_progress: Progress | None = None, **options: Any) -> Model:
+        """Launch a catalog model and (by default) wait until it is ready.
+
+        Options: ``engine``, ``format``, ``size``, ``quantization``, ``uid``,
+        ``replicas``, ``engine_options``, ``workers``, ``gpu_idx``,
+        ``max_queue``, ``restart``.
+        """
+        amodel = self._sync(lambda: self._async.launch(name, wait=False, **options))
+        model = Model(self, amodel)
+        if wait:
+            model.wait(timeout=timeout, on_progress=on_progress)
+        return model
+
+    def get(self, uid: str) -> Model:
+        return Model(self, self._sync(self._async.get, uid))
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._sync(self.manager.list)
+
+    def terminate(self, uid: str) -> dict[str, Any]:
+        return self._sync(self.manager.terminate, uid)
+
+    def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+        return self._sync(lambda: self.manager.catalog(query, **filters))
+
+    def cluster_info(self) -> dict[str, Any]:
+        return self._sync(self.manager.cluster)
+
+    def close(self) -> None:
+        self.dask.close()
+        if self.cluster is not None:
+            remove_runtime_file(self.settings)
+            self.cluster.close()
+            self.cluster = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def connect(address: str | None = None, *, settings: XnbSettings | None = None, start: bool = True) -> Client:
+    """Attach to an xnb cluster, or start the embedded one.
+
+    ``address`` (or ``XNB_SCHEDULER_ADDRESS``) attaches to that scheduler;
+    otherwise a cluster already running on this machine (found through the
+    runtime file) is used; otherwise, with ``start``, an embedded cluster is
+    started in this process and lives as long as it does.
+    """
+    settings = settings or XnbSettings()
+    address = address or find_running_cluster(settings)
+    if address is not None:
+        return Client(address, settings=settings)
+    if not start:
+        raise ClusterUnavailable("no xnb cluster is running; start one with `xnb local`")
+    cluster = start_local_cluster(settings)
+    write_runtime_file(settings, cluster.scheduler_address)
+    atexit.register(remove_runtime_file, settings)
+    return Client(cluster.scheduler_address, cluster=cluster, settings=settings)

@@ -1,0 +1,167 @@
+"""Start an embedded Dask cluster, or find and attach to a running one.
+
+The embedded cluster is a :class:`distributed.LocalCluster` with worker
+*processes* (non-daemonic, so engines may start child processes), every
+listener on 127.0.0.1, the dashboard off unless asked for, and the
+:class:`~xnb.supervisor.Supervisor` installed in its scheduler.  The process
+hosting it writes a runtime file (``$XNB_HOME/runtime/cluster.json``) so other
+processes on the machine — a CLI, a notebook kernel — find it with no
+configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dask
+
+from xnb.errors import ClusterUnavailable
+from xnb.settings import XnbSettings
+
+__all__ = [
+    "start_local_cluster",
+    "find_running_cluster",
+    "write_runtime_file",
+    "remove_runtime_file",
+    "ensure_supervisor",
+    "ensure_supervisor_async",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_dask() -> None:
+    dask.config.set(
+        {
+            "distributed.worker.daemon": False,
+            # A model actor holds memory on purpose: never pause or restart its worker
+            # because of it (the Supervisor does its own memory accounting).
+            "distributed.worker.memory.pause": False,
+            "distributed.worker.memory.terminate": False,
+            "distributed.worker.memory.target": False,
+            "distributed.worker.memory.spill": False,
+        }
+    )
+
+
+def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -> Any:
+    """Start the embedded cluster in this process (workers are child processes)."""
+    from distributed import LocalCluster
+
+    from xnb.supervisor import Supervisor
+
+    settings = settings or XnbSettings()
+    _configure_dask()
+    n_workers = overrides.pop("n_workers", settings.n_workers)
+    threads = overrides.pop("threads_per_worker", settings.threads_per_worker)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0" if settings.dashboard else None,
+        memory_limit=overrides.pop("memory_limit", settings.memory_limit),
+        scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))]},
+        worker_class=overrides.pop("worker_class", None) or _default_worker_class(),
+        env={"XNB_HOME": str(settings.home)},
+        **overrides,
+    )
+    logger.info("started the embedded xnb cluster at %s", cluster.scheduler_address)
+    return cluster
+
+
+def _default_worker_class() -> Any:
+    from distributed import Nanny
+
+    return Nanny
+
+
+def _reachable(address: str, timeout: float = 0.5) -> bool:
+    parsed = urlparse(address)
+    if not parsed.hostname or not parsed.port:
+        return False
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_running_cluster(settings: XnbSettings | None = None) -> str | None:
+    """The scheduler address of a live xnb cluster on this machine, if any.
+
+    Looks at ``XNB_SCHEDULER_ADDRESS`` first, then the runtime file.
+    """
+    settings = settings or XnbSettings()
+    if settings.scheduler_address:
+        return settings.scheduler_address
+    path = settings.runtime_file
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    address = info.get("scheduler_address")
+    pid = info.get("pid")
+    if not address or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return address if _reachable(address) else None
+
+
+def write_runtime_file(settings: XnbSettings, scheduler_address: str, **extra: Any) -> Path:
+    path = settings.runtime_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"scheduler_address": scheduler_address, "pid": os.getpid(), **extra}))
+    os.replace(tmp, path)
+    return path
+
+
+def remove_runtime_file(settings: XnbSettings) -> None:
+    path = settings.runtime_file
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if info.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _ping_reply(reply: Any) -> bool:
+    return isinstance(reply, dict) and reply.get("ok") is True
+
+
+async def ensure_supervisor_async(client: Any) -> None:
+    """Make sure the scheduler runs the Supervisor (installing it if it can)."""
+    from xnb.supervisor import Supervisor
+
+    try:
+        if _ping_reply(await client.scheduler.xnb_ping()):
+            return
+    except (KeyError, OSError):
+        pass
+    try:
+        await client.register_plugin(Supervisor())
+    except Exception as exc:  # the scheduler could not unpickle it: xnb is not installed there
+        raise ClusterUnavailable(
+            f"the scheduler at {client.scheduler.address} does not run xnb's supervisor and "
+            f"could not install it ({type(exc).__name__}); start it with `xnb scheduler` "
+            "or install xnb in the scheduler's environment"
+        ) from None
+
+
+def ensure_supervisor(client: Any) -> None:
+    client.sync(ensure_supervisor_async, client)

@@ -1,0 +1,349 @@
+"""ModelManager: the one model manager every front end calls.
+
+The API sidecar's routes, the Jupyter handlers, the ``%xnb`` magics, the
+widgets, the CLI and :class:`xnb.Client` all go through this class.  It has
+no HTTP in it: it asks the Supervisor (scheduler handlers) about models and
+calls model actors directly on their workers, and it speaks OpenAI shapes
+(:mod:`xnb.openai_shapes`).
+
+A request's path: ``chat()`` → :meth:`_route` (the model's replicas, cached
+briefly) → :meth:`_pick` (the ready replica with the fewest outstanding
+requests) → :class:`ActorRef` (``actor_execute`` on that worker) →
+:class:`xnb.actor.ModelActor` → engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any, AsyncIterator, Callable
+
+import numpy as np
+
+from xnb.actor import ActorRef
+from xnb.engines.base import GenerateRequest
+from xnb.errors import (
+    ClusterUnavailable,
+    LaunchFailed,
+    ModelNotFound,
+    ModelNotReady,
+    ReplicaLost,
+    UnsupportedParameter,
+    XnbError,
+    error_from_dict,
+)
+from xnb import openai_shapes as shapes
+from xnb.openai_requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from xnb.openai_shapes import ChunkBuilder, collect_choices
+
+__all__ = ["ModelManager", "StreamEvent"]
+
+logger = logging.getLogger(__name__)
+
+READY = ("ready", "degraded")
+ROUTE_TTL_S = 2.0
+
+#: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
+StreamEvent = tuple[str, Any]
+
+
+class ModelManager:
+    """Launch, list, describe and terminate models; chat, complete and embed with them."""
+
+    def __init__(self, client: Any, *, stream_poll_s: float = 0.5) -> None:
+        self.client = client  # a distributed.Client; coroutines run on its loop
+        self.stream_poll_s = stream_poll_s
+        self._routes: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._outstanding: dict[str, int] = defaultdict(int)
+
+    # -- the Supervisor -----------------------------------------------------------------------
+
+    async def call(self, op: str, **kwargs: Any) -> Any:
+        try:
+            reply = await getattr(self.client.scheduler, op)(**kwargs)
+        except OSError as exc:
+            raise ClusterUnavailable(
+                f"cannot reach the Dask scheduler at {self.client.scheduler.address}: {exc}; "
+                "is the cluster running? (`xnb local` starts one)"
+            ) from None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise ClusterUnavailable(
+                "the scheduler does not run xnb's supervisor; start it with `xnb scheduler`"
+            )
+        if not reply["ok"]:
+            raise error_from_dict(reply["error"])
+        return _lists(reply["result"])
+
+    async def launch(self, model: str, **options: Any) -> dict[str, Any]:
+        options = {k: v for k, v in options.items() if v is not None}
+        return await self.call("xnb_launch", model=model, **options)
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self.call("xnb_list")
+
+    async def describe(self, uid: str) -> dict[str, Any]:
+        return await self.call("xnb_describe", uid=uid)
+
+    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> dict[str, Any]:
+        return await self.call("xnb_watch", uid=uid, version=version, timeout=timeout)
+
+    async def wait_ready(
+        self,
+        uid: str,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the model is ready; ``on_update`` sees every change (progress)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        version = -1
+        while True:
+            wait = 10.0 if deadline is None else max(0.0, min(10.0, deadline - time.monotonic()))
+            record = await self.watch(uid, version, timeout=wait)
+            version = record["version"]
+            if on_update is not None:
+                on_update(record)
+            status = record["status"]
+            if status in READY:
+                return record
+            if status in ("error", "lost"):
+                raise LaunchFailed(
+                    f"model {uid!r} failed to launch: {record.get('last_error') or status}. "
+                    "`xnb events UID` shows what happened"
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ModelNotReady(f"model {uid!r} is still {status} after {timeout:.0f}s")
+
+    async def terminate(self, uid: str) -> dict[str, Any]:
+        self._routes.pop(uid, None)
+        return await self.call("xnb_terminate", uid=uid)
+
+    async def scale(self, uid: str, replicas: int) -> dict[str, Any]:
+        self._routes.pop(uid, None)
+        return await self.call("xnb_scale", uid=uid, replicas=replicas)
+
+    async def events(self, uid: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return await self.call("xnb_events", uid=uid, since=since)
+
+    async def catalog(self, query: str | None = None, *, ability: str | None = None,
+                      format: str | None = None) -> list[dict[str, Any]]:
+        return await self.call("xnb_catalog", query=query, ability=ability, format=format)
+
+    async def catalog_get(self, name: str) -> dict[str, Any]:
+        return await self.call("xnb_catalog_get", name=name)
+
+    async def register(self, family: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+        return await self.call("xnb_catalog_register", family=family, overwrite=overwrite)
+
+    async def unregister(self, name: str) -> dict[str, Any]:
+        return await self.call("xnb_catalog_unregister", name=name)
+
+    async def engines(self, name: str) -> list[dict[str, Any]]:
+        return await self.call("xnb_catalog_engines", name=name)
+
+    async def cluster(self) -> dict[str, Any]:
+        return await self.call("xnb_cluster")
+
+    async def cached(self) -> dict[str, list[dict[str, Any]]]:
+        """Model files cached on each worker."""
+        from xnb.hub import cached_models
+        from xnb.settings import XnbSettings
+
+        def on_worker() -> list[dict[str, Any]]:
+            return cached_models(XnbSettings().home / "cache")
+
+        return await self.client.run(on_worker)
+
+    # -- routing -------------------------------------------------------------------------------
+
+    async def _route(self, uid: str, *, refresh: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        cached = self._routes.get(uid)
+        if cached is None or refresh or now - cached[0] > ROUTE_TTL_S:
+            routes = await self.call("xnb_routes", uid=uid)
+            self._routes[uid] = (now, routes)
+            return routes
+        return cached[1]
+
+    async def _pick(self, uid: str, ability: str | None = None) -> tuple[str, ActorRef, dict[str, Any]]:
+        routes = await self._route(uid)
+        ready = [r for r in routes["replicas"] if r["status"] == "ready" and r["key"]]
+        if not ready:
+            routes = await self._route(uid, refresh=True)
+            ready = [r for r in routes["replicas"] if r["status"] == "ready" and r["key"]]
+        if ability is not None and ability not in routes["abilities"]:
+            raise UnsupportedParameter(
+                f"model {uid!r} ({routes['model_name']}) cannot {ability}; it can "
+                f"{', '.join(routes['abilities'])}",
+                param="model",
+            )
+        if not ready:
+            raise ModelNotReady(
+                f"model {uid!r} is {routes['status']}, not ready; wait for it or check `xnb list`"
+            )
+        best = min(ready, key=lambda r: self._outstanding[r["key"]])
+        return best["key"], ActorRef(self.client, best["worker"], best["key"]), routes
+
+    async def _with_replica(self, uid: str, ability: str, method: str, *args: Any) -> Any:
+        """Call a replica; if its worker is gone before it answered, try another once."""
+        for attempt in range(2):
+            key, actor, _ = await self._pick(uid, ability)
+            self._outstanding[key] += 1
+            try:
+                return await actor.call(method, *args)
+            except (ReplicaLost, ModelNotFound):
+                self._routes.pop(uid, None)
+                if attempt == 1:
+                    raise
+            finally:
+                self._outstanding[key] -= 1
+        raise AssertionError("unreachable")
+
+    async def replica_info(self, uid: str) -> list[dict[str, Any]]:
+        routes = await self._route(uid, refresh=True)
+        out = []
+        for r in routes["replicas"]:
+            if r["status"] != "ready" or not r["key"]:
+                continue
+            try:
+                out.append(await ActorRef(self.client, r["worker"], r["key"]).call("info"))
+            except XnbError as exc:
+                out.append({"replica": r["replica"], "status": "unreachable", "error": exc.message})
+        return out
+
+    # -- inference -------------------------------------------------------------------------------
+
+    async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+        """A whole generation: ``(choices, usage)`` with ``choices = [(text, finish_reason)]``."""
+        ability = "chat" if request.kind == "chat" else "generate"
+        items, usage, error = await self._with_replica(
+            uid, ability, "generate", request.model_dump(exclude_defaults=True)
+        )
+        if error is not None:
+            raise error_from_dict(error)
+        return collect_choices(items, request.n), usage
+
+    async def stream(self, uid: str, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        """Stream a generation: yields ``("deltas", [(index, text, finish)])`` batches,
+        then ``("usage", usage)``.  Closing the iterator early aborts the generation."""
+        ability = "chat" if request.kind == "chat" else "generate"
+        sid = None
+        key, actor = "", None
+        for attempt in range(2):
+            key, actor, _ = await self._pick(uid, ability)
+            try:
+                sid = await actor.call("start", request.model_dump(exclude_defaults=True))
+                break
+            except (ReplicaLost, ModelNotFound):
+                self._routes.pop(uid, None)
+                if attempt == 1:
+                    raise
+        assert actor is not None and sid is not None
+        self._outstanding[key] += 1
+        done = False
+        try:
+            while not done:
+                items, done, usage, error = await actor.call("pull", sid, self.stream_poll_s)
+                if items:
+                    yield ("deltas", items)
+                if error is not None:
+                    raise error_from_dict(error)
+            yield ("usage", usage)
+        except ReplicaLost:
+            self._routes.pop(uid, None)
+            done = True  # nothing left to abort
+            raise
+        finally:
+            self._outstanding[key] -= 1
+            if not done:
+                # The consumer went away (client disconnect): free the engine slot.
+                try:
+                    await asyncio.shield(actor.call("abort", sid))
+                except XnbError as exc:
+                    logger.debug("abort of stream %s failed: %s", sid, exc)
+
+    async def stream_chunks(
+        self, uid: str, request: GenerateRequest, *, include_usage: bool = False, model_name: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`stream` as OpenAI chunk dicts (chat or text completion)."""
+        builder = ChunkBuilder(kind=request.kind, model=model_name or uid, include_usage=include_usage)
+        async for kind, value in self.stream(uid, request):
+            if kind == "deltas":
+                for chunk in builder.chunks(value):
+                    yield chunk
+            else:
+                final = builder.usage_chunk(value)
+                if final is not None:
+                    yield final
+
+    async def embed(self, uid: str, texts: list[str], *, normalize: bool = True) -> tuple[np.ndarray, int]:
+        """Embed texts with a model: ``(vectors, prompt_tokens)``."""
+        vectors, tokens = await self._with_replica(uid, "embed", "embed", texts, normalize)
+        return vectors, tokens
+
+    # -- OpenAI-shaped calls (shared by the sidecar and the Python client) ----------------------
+
+    async def chat_completion(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        choices, usage = await self.generate(body.model, body.to_generate())
+        return shapes.chat_completion(
+            id=shapes.new_id("chatcmpl"), model=body.model, created=int(time.time()),
+            choices=choices, usage=usage,
+        )
+
+    def chat_completion_stream(self, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        return self.stream_chunks(body.model, body.to_generate(), include_usage=body.include_usage)
+
+    async def completion(self, body: CompletionRequest) -> dict[str, Any]:
+        requests = body.to_generate()
+        results = await asyncio.gather(*(self.generate(body.model, r) for r in requests))
+        choices = [c for cs, _ in results for c in cs]
+        usage = _sum_usage(u for _, u in results)
+        return shapes.completion(
+            id=shapes.new_id("cmpl"), model=body.model, created=int(time.time()),
+            choices=choices, usage=usage,
+        )
+
+    async def completion_stream(self, body: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        builder = ChunkBuilder(kind="completion", model=body.model, include_usage=body.include_usage)
+        usages = []
+        for p, request in enumerate(body.to_generate()):
+            offset = p * body.n
+            async for kind, value in self.stream(body.model, request):
+                if kind == "deltas":
+                    for chunk in builder.chunks((i + offset, t, f) for i, t, f in value):
+                        yield chunk
+                else:
+                    usages.append(value)
+        final = builder.usage_chunk(_sum_usage(usages))
+        if final is not None:
+            yield final
+
+    async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+        vectors, tokens = await self.embed(body.model, body.texts)
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise UnsupportedParameter(
+                f"this model embeds into {vectors.shape[1]} dimensions; it cannot give {body.dimensions}",
+                param="dimensions",
+            )
+        return shapes.embedding_list(
+            model=body.model, vectors=vectors, prompt_tokens=tokens, encoding_format=body.encoding_format
+        )
+
+
+def _lists(value: Any) -> Any:
+    """Dask's msgpack gives tuples for lists; give callers plain JSON-like data."""
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
+
+
+def _sum_usage(usages: Any) -> dict[str, int]:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for u in usages:
+        for k in total:
+            total[k] += int(u.get(k, 0))
+    return total

@@ -1,0 +1,494 @@
+"""The Supervisor: xnb's registry and launcher, living inside the Dask scheduler.
+
+It is a :class:`~distributed.diagnostics.plugin.SchedulerPlugin` that adds
+``xnb_*`` handlers to the scheduler, so every client — a notebook kernel, the
+API sidecar, the CLI — asks it the same questions over the scheduler's own
+connection (``client.scheduler.xnb_list()``) and gets the same answers.  It
+outlives any client: models launched by one process are used and terminated
+by another.
+
+It launches replicas through its own Dask client (so the actors' futures are
+held by the scheduler process, not by whoever asked), places them with
+:func:`xnb.placement.place`, follows their progress (Dask events on
+:data:`xnb.actor.PROGRESS_TOPIC`), and notices worker loss
+(``remove_worker``): replicas there become ``lost`` and, if the model asks
+for it, are relaunched elsewhere with backoff.
+
+Handlers answer ``{"ok": True, "result": ...}`` or ``{"ok": False, "error":
+XnbError.to_dict()}``; :class:`xnb.manager.ModelManager` turns the latter back
+into the same exception class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from xnb.actor import PROGRESS_TOPIC, ActorRef, ModelActor
+from xnb.catalog import Catalog
+from xnb.engines import get_engine
+from xnb.errors import DuplicateModel, InvalidRequest, LaunchFailed, ModelNotFound, XnbError
+from xnb.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
+from xnb.registry import ModelRecord, ReplicaRecord
+from xnb.settings import XnbSettings
+
+__all__ = ["Supervisor", "PLUGIN_NAME"]
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "xnb-supervisor"
+_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
+
+
+def _handler(fn: Callable[..., Any]) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Wrap a handler so XnbErrors travel as data (and bugs as a logged 500)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            result = fn(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return {"ok": True, "result": result}
+        except XnbError as exc:
+            return {"ok": False, "error": exc.to_dict()}
+        except Exception as exc:  # a supervisor bug: log it, answer a 500 without internals
+            logger.exception("xnb supervisor handler %s failed", fn.__name__)
+            return {"ok": False, "error": XnbError(f"internal supervisor error ({type(exc).__name__})").to_dict()}
+
+    return wrapper
+
+
+class Supervisor(SchedulerPlugin):
+    """Registry of launched models, catalog registrations and placement."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, home: str | None = None) -> None:
+        self.home = home
+        self.models: dict[str, ModelRecord] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client: Any = None
+        self._client_lock: asyncio.Lock | None = None
+
+    # -- plugin hooks ---------------------------------------------------------------------
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        settings = XnbSettings(**({"home": self.home} if self.home else {}))
+        self.settings = settings
+        self.catalog = Catalog(custom_dir=settings.catalog_dir)
+        self._client_lock = asyncio.Lock()
+        handlers = {
+            "xnb_ping": self.ping,
+            "xnb_launch": self.launch,
+            "xnb_list": self.list,
+            "xnb_describe": self.describe,
+            "xnb_watch": self.watch,
+            "xnb_terminate": self.terminate,
+            "xnb_scale": self.scale,
+            "xnb_events": self.events,
+            "xnb_routes": self.routes,
+            "xnb_catalog": self.catalog_list,
+            "xnb_catalog_get": self.catalog_get,
+            "xnb_catalog_register": self.catalog_register,
+            "xnb_catalog_unregister": self.catalog_unregister,
+            "xnb_catalog_engines": self.catalog_engines,
+            "xnb_cluster": self.cluster,
+        }
+        scheduler.handlers.update({k: _handler(v) for k, v in handlers.items()})
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        for record in list(self.models.values()):
+            for replica in record.replicas:
+                if replica.worker != worker or replica.status in ("lost", "error", "stopped"):
+                    continue
+                replica.status = "lost"
+                replica.error = f"worker {worker} left the cluster"
+                self._release(replica)
+                self._emit(record, "lost", f"replica {replica.index} lost: worker {worker} left",
+                           replica=replica.index)
+                if record.options.get("restart") == "on-failure" and not record.terminating:
+                    self._spawn(self._restart(record, replica))
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic != PROGRESS_TOPIC or not isinstance(msg, dict):
+            return
+        record = self.models.get(msg.get("uid", ""))
+        if record is None:
+            return
+        index = msg.get("replica")
+        replica = next((r for r in record.replicas if r.index == index), None)
+        if replica is None or replica.status not in ("launching", "downloading", "loading"):
+            return
+        phase = msg.get("phase")
+        replica.progress = {k: v for k, v in msg.items() if k not in ("uid", "replica")}
+        if phase in ("downloading", "loading") and replica.status != phase:
+            replica.status = phase
+            self._emit(record, phase, f"replica {index} {phase}", replica=index)
+        else:
+            record.version += 1
+            self._notify(record.uid)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, record: ModelRecord, kind: str, message: str, **data: Any) -> None:
+        record.event(kind, message, **data)
+        logger.info("model %s: %s", record.uid, message)
+        self._notify(record.uid)
+
+    def _notify(self, uid: str) -> None:
+        event = self._changed.pop(uid, None)
+        if event is not None:
+            event.set()
+
+    def _get(self, uid: str) -> ModelRecord:
+        try:
+            return self.models[uid]
+        except KeyError:
+            raise ModelNotFound(
+                f"no model with uid {uid!r} is running; `xnb list` shows the running models",
+                param="model",
+            ) from None
+
+    def _release(self, replica: ReplicaRecord) -> None:
+        if replica.future is not None:
+            replica.future.release()
+            replica.future = None
+        replica.actor = None
+
+    async def _dask(self) -> Any:
+        """The Supervisor's own client (holds the actors' futures)."""
+        assert self._client_lock is not None
+        async with self._client_lock:
+            if self._client is None:
+                from distributed import Client
+
+                self._client = await Client(
+                    self.scheduler.address,
+                    asynchronous=True,
+                    security=self.scheduler.security,
+                    name="xnb-supervisor",
+                    direct_to_workers=True,
+                    set_as_default=False,
+                )
+            return self._client
+
+    def _workers(self, exclude: set[str] = frozenset()) -> list[WorkerView]:
+        placed: dict[str, list[PlacedReplica]] = {}
+        for record in self.models.values():
+            for r in record.replicas:
+                if r.status not in ("lost", "error", "stopped"):
+                    placed.setdefault(r.worker, []).append(PlacedReplica(record.uid, r.memory, r.gpus))
+        views = []
+        for addr, ws in self.scheduler.workers.items():
+            if addr in exclude:
+                continue
+            n_gpus = int(ws.resources.get("GPU", 0))
+            views.append(
+                WorkerView(
+                    address=addr,
+                    nthreads=ws.nthreads,
+                    memory_limit=ws.memory_limit or 0,
+                    gpus=tuple(range(n_gpus)),
+                    placed=tuple(placed.get(addr, [])),
+                    name=str(ws.name),
+                )
+            )
+        return views
+
+    # -- handlers: models -------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        from xnb import __version__
+
+        return {"version": __version__, "models": len(self.models)}
+
+    async def launch(
+        self,
+        model: str,
+        uid: str | None = None,
+        engine: str | None = None,
+        format: str | None = None,
+        size: str | None = None,
+        quantization: str | None = None,
+        replicas: int = 1,
+        engine_options: dict[str, Any] | None = None,
+        workers: list[str] | None = None,
+        gpu_idx: list[int] | None = None,
+        gpus: int | None = None,
+        max_queue: int | None = None,
+        restart: str = "never",
+        max_restarts: int = 3,
+    ) -> dict[str, Any]:
+        spec = self.catalog.resolve(
+            model, engine=engine, fmt=format, size=size, quantization=quantization,
+            engine_options=engine_options,
+        )
+        uid = uid or f"{spec.model_name}-{uuid.uuid4().hex[:6]}"
+        if not _UID_RE.match(uid):
+            raise InvalidRequest(
+                f"uid {uid!r} must be 1-128 letters, digits, '.', '_' or '-'", param="uid"
+            )
+        if uid in self.models:
+            raise DuplicateModel(
+                f"a model with uid {uid!r} is already running; choose another uid or terminate it",
+                param="uid",
+            )
+        if restart not in ("never", "on-failure"):
+            raise InvalidRequest("restart must be 'never' or 'on-failure'", param="restart")
+        if not 1 <= replicas <= 64:
+            raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
+        n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
+        needs = Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
+        placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
+        record = ModelRecord(
+            uid=uid,
+            spec=spec,
+            options={
+                "max_queue": self.settings.max_queue if max_queue is None else max_queue,
+                "restart": restart,
+                "max_restarts": max_restarts,
+                "gpus": n_gpus,
+                "workers": workers,
+            },
+        )
+        record.replicas = [
+            ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
+            for i, p in enumerate(placements)
+        ]
+        self.models[uid] = record
+        self._emit(record, "launch", f"launching {replicas} replica(s) of {spec.model_name} on {spec.engine}")
+        for replica in record.replicas:
+            self._spawn(self._start_replica(record, replica))
+        return record.describe()
+
+    async def _start_replica(self, record: ModelRecord, replica: ReplicaRecord) -> None:
+        """Create the actor on its worker and load the model."""
+        try:
+            client = await self._dask()
+            ws = self.scheduler.workers.get(replica.worker)
+            threads = ws.nthreads if ws is not None else 1
+            future = client.submit(
+                ModelActor,
+                record.uid,
+                replica.index,
+                record.spec.model_dump(),
+                threads=threads,
+                gpus=list(replica.gpus),
+                max_queue=record.options["max_queue"],
+                cache_dir=str(self.settings.home / "cache"),
+                actor=True,
+                workers=[replica.worker],
+                allow_other_workers=False,
+                pure=False,
+                key=f"xnb-{record.uid}-{replica.index}-{uuid.uuid4().hex[:8]}",
+            )
+            replica.future = future
+            replica.key = future.key
+            try:
+                await future  # the (cheap) constructor ran on the worker
+            except Exception as exc:
+                raise LaunchFailed(f"could not create the model actor: {type(exc).__name__}: {exc}") from None
+            replica.actor = ActorRef(client, replica.worker, future.key)
+            info = await replica.actor.call("load")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if replica.status == "lost" or record.terminating:
+                return  # remove_worker or terminate already dealt with it
+            message = exc.message if isinstance(exc, XnbError) else f"{type(exc).__name__}: {exc}"
+            replica.status = "error"
+            replica.error = message
+            record.last_error = message
+            self._release(replica)
+            self._emit(record, "error", f"replica {replica.index} failed to load: {message}",
+                       replica=replica.index)
+            return
+        if record.terminating or replica.status == "lost":
+            return
+        replica.status = "ready"
+        replica.load_info = info
+        replica.since = time.time()
+        if record.ready_at is None:
+            record.ready_at = time.time()
+        self._emit(record, "ready", f"replica {replica.index} ready on {replica.worker} "
+                   f"in {info.get('load_seconds', 0):.2f}s", replica=replica.index)
+
+    async def _restart(self, record: ModelRecord, lost: ReplicaRecord) -> None:
+        """Relaunch a lost replica elsewhere, with bounded tries and backoff."""
+        max_restarts = int(record.options.get("max_restarts", 3))
+        for attempt in range(lost.attempts, max_restarts + 1):
+            await asyncio.sleep(RESTART_BACKOFF_S[min(attempt - 1, len(RESTART_BACKOFF_S) - 1)])
+            if record.terminating or self.models.get(record.uid) is not record:
+                return
+            needs = Needs(memory=lost.memory, gpus=len(lost.gpus))
+            try:
+                (placement,) = place(self._workers(exclude={lost.worker}), needs, 1)
+            except XnbError as exc:
+                self._emit(record, "restart-wait", f"replica {lost.index}: no worker yet ({exc.message})",
+                           replica=lost.index)
+                continue
+            fresh = ReplicaRecord(index=lost.index, worker=placement.worker, gpus=placement.gpus,
+                                  memory=lost.memory, attempts=attempt + 1)
+            record.replicas = [fresh if r is lost else r for r in record.replicas]
+            self._emit(record, "restart", f"relaunching replica {lost.index} on {placement.worker} "
+                       f"(attempt {attempt + 1})", replica=lost.index)
+            await self._start_replica(record, fresh)
+            if fresh.status == "ready":
+                return
+            lost = fresh
+        self._emit(record, "restart-gave-up", f"replica {lost.index}: gave up after {max_restarts} restarts",
+                   replica=lost.index)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in sorted(self.models.values(), key=lambda r: r.created)]
+
+    def describe(self, uid: str) -> dict[str, Any]:
+        return self._get(uid).describe()
+
+    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> dict[str, Any]:
+        """Long poll: the model's description once its version passes ``version``."""
+        record = self._get(uid)
+        deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
+        while record.version <= version:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            event = self._changed.setdefault(uid, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+            if uid not in self.models:
+                raise ModelNotFound(f"model {uid!r} was terminated", param="model")
+        return record.describe()
+
+    def routes(self, uid: str) -> dict[str, Any]:
+        return self._get(uid).routes()
+
+    def events(self, uid: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return [e for e in self._get(uid).events if e["time"] > since]
+
+    async def terminate(self, uid: str) -> dict[str, Any]:
+        record = self._get(uid)
+        if record.terminating:
+            return record.describe()
+        record.terminating = True
+        self._emit(record, "terminating", "terminating")
+        await asyncio.gather(*(self._stop_replica(r) for r in record.replicas))
+        self.models.pop(uid, None)
+        self._notify(uid)
+        out = record.describe()
+        out["status"] = "terminated"
+        return out
+
+    async def _stop_replica(self, replica: ReplicaRecord, timeout: float = 20.0) -> None:
+        if replica.actor is not None and replica.status == "ready":
+            try:
+                await asyncio.wait_for(replica.actor.call("unload"), timeout)
+            except (asyncio.TimeoutError, OSError, XnbError) as exc:
+                logger.warning("unloading replica %s cleanly failed: %s", replica.key, exc)
+        replica.status = "stopped"
+        self._release(replica)
+
+    async def scale(self, uid: str, replicas: int) -> dict[str, Any]:
+        """Add or remove replicas of a running model."""
+        record = self._get(uid)
+        if not 1 <= replicas <= 64:
+            raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
+        live = [r for r in record.replicas if r.status not in ("lost", "error", "stopped")]
+        if replicas > len(live):
+            needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0))
+            placements = place(self._workers(), needs, replicas - len(live),
+                               pin_workers=record.options.get("workers"))
+            start = max((r.index for r in record.replicas), default=-1) + 1
+            fresh = [ReplicaRecord(index=start + i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
+                     for i, p in enumerate(placements)]
+            record.replicas.extend(fresh)
+            self._emit(record, "scale", f"scaling up to {replicas} replicas")
+            for replica in fresh:
+                self._spawn(self._start_replica(record, replica))
+        elif replicas < len(live):
+            drop = sorted(live, key=lambda r: (r.status == "ready", -r.index))[: len(live) - replicas]
+            self._emit(record, "scale", f"scaling down to {replicas} replicas")
+            await asyncio.gather(*(self._stop_replica(r) for r in drop))
+            record.replicas = [r for r in record.replicas if r not in drop]
+            self._notify(uid)
+        return record.describe()
+
+    # -- handlers: catalog and cluster ----------------------------------------------------------
+
+    def catalog_list(self, query: str | None = None, ability: str | None = None,
+                     format: str | None = None) -> list[dict[str, Any]]:
+        return [f.summary() for f in self.catalog.search(query, ability=ability, fmt=format)]
+
+    def catalog_get(self, name: str) -> dict[str, Any]:
+        family = self.catalog.get(name)
+        return {**family.model_dump(mode="json"), "builtin": family.builtin}
+
+    def catalog_register(self, family: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
+        return self.catalog.register(family, overwrite=overwrite).summary()
+
+    def catalog_unregister(self, name: str) -> dict[str, Any]:
+        in_use = [r.uid for r in self.models.values() if r.spec.model_name == name]
+        if in_use:
+            raise InvalidRequest(
+                f"{name!r} is in use by {', '.join(in_use)}; terminate those first", param="name"
+            )
+        self.catalog.unregister(name)
+        return {"name": name, "unregistered": True}
+
+    def catalog_engines(self, name: str) -> list[dict[str, Any]]:
+        return self.catalog.engines(name)
+
+    def cluster(self) -> dict[str, Any]:
+        by_worker: dict[str, list[dict[str, Any]]] = {}
+        for record in self.models.values():
+            for r in record.replicas:
+                by_worker.setdefault(r.worker, []).append(
+                    {"uid": record.uid, "replica": r.index, "status": r.status, "gpus": list(r.gpus)}
+                )
+        workers = []
+        for addr, ws in self.scheduler.workers.items():
+            metrics = ws.metrics or {}
+            workers.append(
+                {
+                    "address": addr,
+                    "name": str(ws.name),
+                    "nthreads": ws.nthreads,
+                    "memory_limit": ws.memory_limit,
+                    "memory_used": metrics.get("memory", 0),
+                    "cpu_percent": metrics.get("cpu", 0.0),
+                    "resources": dict(ws.resources),
+                    "gpus": int(ws.resources.get("GPU", 0)),
+                    "status": str(ws.status.name if hasattr(ws.status, "name") else ws.status),
+                    "models": by_worker.get(addr, []),
+                }
+            )
+        return {
+            "scheduler": self.scheduler.address,
+            "workers": sorted(workers, key=lambda w: w["address"]),
+            "models": len(self.models),
+        }
