@@ -47,6 +47,7 @@ ROUTE_TTL_S = 2.0
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
 StreamEvent = tuple[str, Any]
+UsageHook = Callable[[dict[str, int]], None]
 
 
 class ModelManager:
@@ -265,15 +266,18 @@ class ModelManager:
                     logger.debug("abort of stream %s failed: %s", sid, exc)
 
     async def stream_chunks(
-        self, uid: str, request: GenerateRequest, *, include_usage: bool = False, model_name: str | None = None,
+        self, uid: str, request: GenerateRequest, *, include_usage: bool = False,
+        on_usage: UsageHook | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """:meth:`stream` as OpenAI chunk dicts (chat or text completion)."""
-        builder = ChunkBuilder(kind=request.kind, model=model_name or uid, include_usage=include_usage)
+        builder = ChunkBuilder(kind=request.kind, model=uid, include_usage=include_usage)
         async for kind, value in self.stream(uid, request):
             if kind == "deltas":
                 for chunk in builder.chunks(value):
                     yield chunk
             else:
+                if on_usage is not None:
+                    on_usage(value)
                 final = builder.usage_chunk(value)
                 if final is not None:
                     yield final
@@ -292,8 +296,11 @@ class ModelManager:
             choices=choices, usage=usage,
         )
 
-    def chat_completion_stream(self, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
-        return self.stream_chunks(body.model, body.to_generate(), include_usage=body.include_usage)
+    def chat_completion_stream(
+        self, body: ChatCompletionRequest, *, on_usage: UsageHook | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self.stream_chunks(body.model, body.to_generate(), include_usage=body.include_usage,
+                                  on_usage=on_usage)
 
     async def completion(self, body: CompletionRequest) -> dict[str, Any]:
         requests = body.to_generate()
@@ -305,7 +312,9 @@ class ModelManager:
             choices=choices, usage=usage,
         )
 
-    async def completion_stream(self, body: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    async def completion_stream(
+        self, body: CompletionRequest, *, on_usage: UsageHook | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         builder = ChunkBuilder(kind="completion", model=body.model, include_usage=body.include_usage)
         usages = []
         for p, request in enumerate(body.to_generate()):
@@ -316,7 +325,10 @@ class ModelManager:
                         yield chunk
                 else:
                     usages.append(value)
-        final = builder.usage_chunk(_sum_usage(usages))
+        usage = _sum_usage(usages)
+        if on_usage is not None:
+            on_usage(usage)
+        final = builder.usage_chunk(usage)
         if final is not None:
             yield final
 

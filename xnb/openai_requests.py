@@ -102,11 +102,12 @@ class _OpenAIBody(BaseModel):
 
     @model_validator(mode="after")
     def _no_unknown(self) -> "_OpenAIBody":
+        # XnbErrors pass through pydantic untouched, keeping their param.
         unknown = sorted(set(self.model_extra or {}) - _IGNORED)
         if unknown:
-            raise ValueError(f"unrecognized request argument(s): {', '.join(unknown)}")
+            raise InvalidRequest(f"unrecognized request argument(s): {', '.join(unknown)}", param=unknown[0])
         if self.logprobs:
-            raise ValueError("logprobs are not supported by xnb's engines yet")
+            raise UnsupportedParameter("logprobs are not supported by xnb's engines yet", param="logprobs")
         return self
 
     @field_validator("stop")

@@ -1,0 +1,157 @@
+"""The OpenAI-compatible routes: ``/v1/models``, ``/v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings``.
+
+Each route parses the body into the shared request models
+(:mod:`xnb.openai_requests`) and hands it to the
+:class:`~xnb.manager.ModelManager` on ``app.state``.  Streams are Server-Sent
+Events ending in ``data: [DONE]``; errors before the first token are ordinary
+HTTP errors, a failure mid-stream is a final ``data: {"error": ...}`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from xnb.api.metrics import Metrics, RequestTimer
+from xnb.errors import InvalidRequest, XnbError
+from xnb.manager import ModelManager
+from xnb.openai_requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
+from xnb.openai_shapes import model_object
+
+__all__ = ["router", "read_json"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise InvalidRequest("the request body is not valid JSON") from None
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    records = await _manager(request).list()
+    return {"object": "list", "data": [model_object(r) for r in records]}
+
+
+@router.get("/models/{uid}")
+async def get_model(uid: str, request: Request) -> dict[str, Any]:
+    return model_object(await _manager(request).describe(uid))
+
+
+class SSEResponse(StreamingResponse):
+    """A streaming response that always closes its iterator (so an abandoned
+    generation is aborted on the model even when the send fails)."""
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _event_stream(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]], metrics: Metrics, model: str, endpoint: str,
+) -> AsyncIterator[bytes]:
+    timer = RequestTimer(metrics, model)
+    status = "200"
+    try:
+        timer.chunk()
+        yield _sse(first)
+        async for chunk in rest:
+            if chunk.get("choices"):
+                timer.chunk()
+            yield _sse(chunk)
+        yield b"data: [DONE]\n\n"
+    except XnbError as exc:
+        status = str(exc.status)
+        logger.info("stream of %s failed mid-way: %s", model, exc.message)
+        yield _sse(exc.openai_body())
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        metrics.requests.labels(model, endpoint, status).inc()
+
+
+async def _stream(
+    request: Request, stream: AsyncIterator[dict[str, Any]], model: str, endpoint: str,
+) -> SSEResponse:
+    """Wait for the first chunk (so early errors are real HTTP errors), then stream."""
+    metrics = _metrics(request)
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        first = {}
+    except XnbError as exc:
+        metrics.requests.labels(model, endpoint, str(exc.status)).inc()
+        raise
+    return SSEResponse(
+        _event_stream(first, stream, metrics, model, endpoint),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _usage_hook(metrics: Metrics, model: str) -> Any:
+    return lambda usage: metrics.usage(model, usage)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    body = parse_request(ChatCompletionRequest, await read_json(request))
+    manager, metrics = _manager(request), _metrics(request)
+    if body.stream:
+        stream = manager.chat_completion_stream(body, on_usage=_usage_hook(metrics, body.model))
+        return await _stream(request, stream, body.model, "chat")
+    with metrics.request(body.model, "chat"):
+        result = await manager.chat_completion(body)
+    metrics.usage(body.model, result["usage"])
+    return result
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Any:
+    body = parse_request(CompletionRequest, await read_json(request))
+    manager, metrics = _manager(request), _metrics(request)
+    if body.stream:
+        stream = manager.completion_stream(body, on_usage=_usage_hook(metrics, body.model))
+        return await _stream(request, stream, body.model, "completions")
+    with metrics.request(body.model, "completions"):
+        result = await manager.completion(body)
+    metrics.usage(body.model, result["usage"])
+    return result
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Any:
+    body = parse_request(EmbeddingRequest, await read_json(request))
+    metrics = _metrics(request)
+    with metrics.request(body.model, "embeddings"):
+        result = await _manager(request).embeddings(body)
+    metrics.prompt_tokens.labels(body.model).inc(result["usage"]["prompt_tokens"])
+    return result
