@@ -67,9 +67,11 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
         threads_per_worker=threads,
         processes=True,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:0" if settings.dashboard else None,
+        # The scheduler always runs a small HTTP server; keep it on loopback and off 8787
+        # unless the dashboard is wanted.
+        dashboard_address="127.0.0.1:8787" if settings.dashboard else "127.0.0.1:0",
         memory_limit=overrides.pop("memory_limit", settings.memory_limit),
-        scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))]},
+        scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))], "dashboard": settings.dashboard},
         worker_class=overrides.pop("worker_class", None) or _default_worker_class(),
         env={"XNB_HOME": str(settings.home)},
         **overrides,

@@ -246,7 +246,8 @@ class Supervisor(SchedulerPlugin):
             model, engine=engine, fmt=format, size=size, quantization=quantization,
             engine_options=engine_options,
         )
-        uid = uid or f"{spec.model_name}-{uuid.uuid4().hex[:6]}"
+        if uid is None:  # the model's own name, unless another replica set already uses it
+            uid = spec.model_name if spec.model_name not in self.models else f"{spec.model_name}-{uuid.uuid4().hex[:6]}"
         if not _UID_RE.match(uid):
             raise InvalidRequest(
                 f"uid {uid!r} must be 1-128 letters, digits, '.', '_' or '-'", param="uid"
