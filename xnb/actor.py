@@ -177,7 +177,8 @@ class ModelActor:
 
     async def unload(self) -> None:
         self.status = "terminating"
-        for stream in self._streams.values():
+        for stream in self._streams.values():  # in-flight requests end with an error, not silently
+            stream.sink.fail(ModelNotReady(f"model {self.uid!r} was terminated during the request"))
             stream.sink.cancelled.set()
         if self._reaper is not None:
             self._reaper.cancel()

@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
-from xnb.cli import launch_model, make_settings, settings_options
+from xnb.cli.base import cli, launch_model, make_settings, settings_options
 
-__all__ = ["register_server_commands"]
+__all__: list[str] = []
 
 logger = logging.getLogger(__name__)
 
 _API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue")
 
 
-@click.command()
+@cli.command()
 @click.option("--launch", "launch_names", multiple=True, metavar="NAME",
               help="launch this catalog model before serving (served under its name); repeatable")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the OpenAI-compatible API")
@@ -61,7 +61,7 @@ def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
         cluster.close()
 
 
-@click.command()
+@cli.command()
 @settings_options("scheduler_address", *_API_FLAGS)
 def serve(**flags: Any) -> None:
     """Serve the OpenAI-compatible API for a running cluster (--scheduler ADDRESS)."""
@@ -69,8 +69,3 @@ def serve(**flags: Any) -> None:
 
     settings = make_settings(**flags)
     run_sidecar(settings, scheduler_address=settings.scheduler_address)
-
-
-def register_server_commands(group: click.Group) -> None:
-    group.add_command(local)
-    group.add_command(serve)
