@@ -235,6 +235,7 @@ class ModelActor:
             req = GenerateRequest.model_validate(request)
         except ValidationError as exc:
             raise InvalidRequest(f"invalid request: {validation_message(exc)}") from None
+        engine.check_params(req)  # 400 naming what this engine cannot honour
         stream = _Stream(asyncio.get_running_loop(), req.n, req.kind)
         engine.submit(req, stream.sink)
         sid = uuid.uuid4().hex
@@ -296,8 +297,9 @@ class ModelActor:
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    async def embed(self, texts: list[str], normalize: bool = True) -> tuple[np.ndarray, int]:
-        """Embed texts: ``(float32 array of shape (len(texts), dim), prompt tokens)``."""
+    async def embed(self, texts: list[str], normalize: bool | None = None) -> tuple[np.ndarray, int]:
+        """Embed texts: ``(float32 array of shape (len(texts), dim), prompt tokens)``.
+        ``normalize=None`` lets the engine decide (its launch option)."""
         engine = self._ready_engine()
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")

@@ -19,6 +19,7 @@ from xnb.cluster import (
     ensure_supervisor_async,
     find_running_cluster,
     remove_runtime_file,
+    security_for,
     start_local_cluster,
     write_runtime_file,
 )
@@ -85,7 +86,7 @@ class AsyncModel:
             return self.manager.completion_stream(body)
         return await self.manager.completion(body)
 
-    async def embed(self, texts: str | list[str], *, normalize: bool = True) -> np.ndarray:
+    async def embed(self, texts: str | list[str], *, normalize: bool | None = None) -> np.ndarray:
         """Embeddings as a float32 array of shape ``(len(texts), dim)``."""
         body = parse_request(EmbeddingRequest, {"model": self.uid, "input": texts})
         vectors, _ = await self.manager.embed(self.uid, body.texts, normalize=normalize)
@@ -167,7 +168,8 @@ async def connect_async(address: str | None = None, *, settings: XnbSettings | N
         raise ClusterUnavailable(
             "no xnb cluster is running; start one with `xnb local` or xnb.connect()"
         )
-    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
+    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
+                            security=security_for(settings, address))
     await ensure_supervisor_async(dask)
     return AsyncClient(dask, settings=settings)
 
@@ -211,7 +213,7 @@ class Model:
         result = self._client._sync(lambda: self._amodel.complete(prompt, stream=stream, **params))
         return self._client._iterate(result) if stream else result
 
-    def embed(self, texts: str | list[str], *, normalize: bool = True) -> np.ndarray:
+    def embed(self, texts: str | list[str], *, normalize: bool | None = None) -> np.ndarray:
         return self._client._sync(lambda: self._amodel.embed(texts, normalize=normalize))
 
     def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
@@ -235,7 +237,8 @@ class Client:
 
         self.settings = settings or XnbSettings()
         self.cluster = cluster
-        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False)
+        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False,
+                               security=security_for(self.settings, address))
         ensure_supervisor(self.dask)
         self._async = AsyncClient(self.dask, settings=self.settings)
         self.manager = self._async.manager
@@ -327,6 +330,6 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
     if not start:
         raise ClusterUnavailable("no xnb cluster is running; start one with `xnb local`")
     cluster = start_local_cluster(settings)
-    write_runtime_file(settings, cluster.scheduler_address)
+    write_runtime_file(settings, cluster.scheduler_address)  # after the cluster wrote its TLS files
     atexit.register(remove_runtime_file, settings)
     return Client(cluster.scheduler_address, cluster=cluster, settings=settings)

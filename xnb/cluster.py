@@ -26,17 +26,22 @@ from xnb.settings import XnbSettings
 
 __all__ = [
     "start_local_cluster",
+    "security_for",
+    "temporary_security",
     "find_running_cluster",
     "write_runtime_file",
     "remove_runtime_file",
     "ensure_supervisor",
+    "configure_dask",
     "ensure_supervisor_async",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def _configure_dask() -> None:
+def configure_dask() -> None:
+    """Dask settings xnb needs: non-daemonic workers (engines may fork), no memory-based
+    pausing or restarts (a loaded model holds its memory on purpose)."""
     dask.config.set(
         {
             "distributed.worker.daemon": False,
@@ -50,6 +55,51 @@ def _configure_dask() -> None:
     )
 
 
+def _security_from_files(ca: Path, cert: Path, key: Path) -> Any:
+    """One certificate for every role (scheduler, workers, clients), encryption required."""
+    from distributed.security import Security
+
+    files = {"tls_ca_file": str(ca)}
+    for role in ("client", "scheduler", "worker"):
+        files[f"tls_{role}_cert"] = str(cert)
+        files[f"tls_{role}_key"] = str(key)
+    return Security(require_encryption=True, **files)
+
+
+def temporary_security(directory: Path) -> Any:
+    """Fresh self-signed TLS material written (mode 0600) under ``directory``, so other
+    local processes can join the cluster; returns the matching Security."""
+    from distributed.security import Security
+
+    tmp = Security.temporary()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": directory / "ca.pem", "cert": directory / "cert.pem", "key": directory / "key.pem"}
+    for name, content in (("ca", tmp.tls_ca_file), ("cert", tmp.tls_scheduler_cert), ("key", tmp.tls_scheduler_key)):
+        fd = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+    return _security_from_files(paths["ca"], paths["cert"], paths["key"])
+
+
+def security_for(settings: XnbSettings, address: str | None = None) -> Any:
+    """The Dask Security to reach ``address``: from the TLS settings, else from the
+    runtime file of a local TLS cluster, else None (plain TCP)."""
+    if settings.tls_cert and settings.tls_key:
+        return _security_from_files(settings.tls_ca_file or settings.tls_cert, settings.tls_cert, settings.tls_key)
+    if address and address.startswith("tls://"):
+        try:
+            info = json.loads(settings.runtime_file.read_text())
+        except (OSError, ValueError):
+            info = {}
+        tls = info.get("tls") or {}
+        if info.get("scheduler_address") == address and tls:
+            return _security_from_files(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"]))
+        raise ClusterUnavailable(
+            f"{address} needs TLS: pass --tls-ca-file/--tls-cert/--tls-key (XNB_TLS_*)"
+        )
+    return None
+
+
 def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -> Any:
     """Start the embedded cluster in this process (workers are child processes)."""
     from distributed import LocalCluster
@@ -57,7 +107,10 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
     from xnb.supervisor import Supervisor
 
     settings = settings or XnbSettings()
-    _configure_dask()
+    configure_dask()
+    security = None
+    if settings.tls or settings.tls_cert:
+        security = security_for(settings) if settings.tls_cert else temporary_security(settings.runtime_file.parent / "tls")
     n_workers = overrides.pop("n_workers", settings.n_workers)
     threads = overrides.pop("threads_per_worker", settings.threads_per_worker)
     if threads is None:
@@ -74,6 +127,8 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
         scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))], "dashboard": settings.dashboard},
         worker_class=overrides.pop("worker_class", None) or _default_worker_class(),
         env={"XNB_HOME": str(settings.home)},
+        security=security,
+        protocol="tls://" if security is not None else "tcp://",
         **overrides,
     )
     logger.info("started the embedded xnb cluster at %s", cluster.scheduler_address)
@@ -127,6 +182,10 @@ def write_runtime_file(settings: XnbSettings, scheduler_address: str, **extra: A
     path = settings.runtime_file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    if scheduler_address.startswith("tls://") and "tls" not in extra:
+        tls_dir = path.parent / "tls"
+        if (tls_dir / "cert.pem").exists():
+            extra["tls"] = {k: str(tls_dir / f"{k}.pem") for k in ("ca", "cert", "key")}
     tmp.write_text(json.dumps({"scheduler_address": scheduler_address, "pid": os.getpid(), **extra}))
     os.replace(tmp, path)
     return path

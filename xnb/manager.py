@@ -43,6 +43,7 @@ __all__ = ["ModelManager", "StreamEvent"]
 logger = logging.getLogger(__name__)
 
 READY = ("ready", "degraded")
+LAUNCH_PHASES = ("restarting", "launching", "downloading", "loading")
 ROUTE_TTL_S = 2.0
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
@@ -97,7 +98,8 @@ class ModelManager:
         timeout: float | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Wait until the model is ready; ``on_update`` sees every change (progress)."""
+        """Wait until every replica has launched and the model is ready (or degraded);
+        ``on_update`` sees every change (progress)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         version = -1
         while True:
@@ -107,7 +109,8 @@ class ModelManager:
             if on_update is not None:
                 on_update(record)
             status = record["status"]
-            if status in READY:
+            launching = any(r["status"] in LAUNCH_PHASES for r in record["replicas"])
+            if status in READY and not launching:  # every replica has finished launching
                 return record
             if status in ("error", "lost"):
                 raise LaunchFailed(
@@ -234,15 +237,19 @@ class ModelManager:
         key, actor = "", None
         for attempt in range(2):
             key, actor, _ = await self._pick(uid, ability)
+            self._outstanding[key] += 1  # count it now, so concurrent picks spread
             try:
                 sid = await actor.call("start", request.model_dump(exclude_defaults=True))
                 break
             except (ReplicaLost, ModelNotFound):
+                self._outstanding[key] -= 1
                 self._routes.pop(uid, None)
                 if attempt == 1:
                     raise
+            except BaseException:
+                self._outstanding[key] -= 1
+                raise
         assert actor is not None and sid is not None
-        self._outstanding[key] += 1
         done = False
         try:
             while not done:
@@ -282,7 +289,7 @@ class ModelManager:
                 if final is not None:
                     yield final
 
-    async def embed(self, uid: str, texts: list[str], *, normalize: bool = True) -> tuple[np.ndarray, int]:
+    async def embed(self, uid: str, texts: list[str], *, normalize: bool | None = None) -> tuple[np.ndarray, int]:
         """Embed texts with a model: ``(vectors, prompt_tokens)``."""
         vectors, tokens = await self._with_replica(uid, "embed", "embed", texts, normalize)
         return vectors, tokens

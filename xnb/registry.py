@@ -22,8 +22,8 @@ __all__ = [
     "MAX_EVENTS",
 ]
 
-#: Replica statuses in launch order; then the end states.
-REPLICA_PHASES = ("launching", "downloading", "loading", "ready")
+#: Replica statuses in launch order ("restarting": lost, a relaunch is pending); then the end states.
+REPLICA_PHASES = ("restarting", "launching", "downloading", "loading", "ready")
 END_STATES = ("error", "lost", "terminating", "stopped")
 MAX_EVENTS = 200
 

@@ -42,6 +42,10 @@ class XnbSettings(BaseSettings):
     )
     memory_limit: str = Field(default="auto", description="memory limit per worker (Dask syntax)")
     dashboard: bool = Field(default=False, description="serve the Dask dashboard on 127.0.0.1")
+    tls: bool = Field(default=False, description="encrypt the embedded cluster with temporary TLS certificates")
+    tls_ca_file: Path | None = Field(default=None, description="CA certificate for a TLS cluster")
+    tls_cert: Path | None = Field(default=None, description="certificate (PEM) this process presents")
+    tls_key: Path | None = Field(default=None, description="private key (PEM) of --tls-cert")
     # -- API sidecar -------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="address the API sidecar binds")
     port: int = Field(default=9997, ge=0, le=65535, description="port of the API sidecar")

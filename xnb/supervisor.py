@@ -88,6 +88,7 @@ class Supervisor(SchedulerPlugin):
         self.settings = settings
         self.catalog = Catalog(custom_dir=settings.catalog_dir)
         self._client_lock = asyncio.Lock()
+        self._worker_joined = asyncio.Event()
         handlers = {
             "xnb_ping": self.ping,
             "xnb_launch": self.launch,
@@ -114,6 +115,11 @@ class Supervisor(SchedulerPlugin):
             await self._client.close()
             self._client = None
 
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        # Wake replicas waiting to be relaunched: the new worker may take them.
+        event, self._worker_joined = self._worker_joined, asyncio.Event()
+        event.set()
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         for record in list(self.models.values()):
             for replica in record.replicas:
@@ -125,6 +131,7 @@ class Supervisor(SchedulerPlugin):
                 self._emit(record, "lost", f"replica {replica.index} lost: worker {worker} left",
                            replica=replica.index)
                 if record.options.get("restart") == "on-failure" and not record.terminating:
+                    replica.status = "restarting"
                     self._spawn(self._restart(record, replica))
 
     def log_event(self, topic: str, msg: Any) -> None:
@@ -317,7 +324,7 @@ class Supervisor(SchedulerPlugin):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if replica.status == "lost" or record.terminating:
+            if replica.status in ("lost", "restarting") or record.terminating:
                 return  # remove_worker or terminate already dealt with it
             message = exc.message if isinstance(exc, XnbError) else f"{type(exc).__name__}: {exc}"
             replica.status = "error"
@@ -327,7 +334,7 @@ class Supervisor(SchedulerPlugin):
             self._emit(record, "error", f"replica {replica.index} failed to load: {message}",
                        replica=replica.index)
             return
-        if record.terminating or replica.status == "lost":
+        if record.terminating or replica.status in ("lost", "restarting"):
             return
         replica.status = "ready"
         replica.load_info = info
@@ -338,28 +345,43 @@ class Supervisor(SchedulerPlugin):
                    f"in {info.get('load_seconds', 0):.2f}s", replica=replica.index)
 
     async def _restart(self, record: ModelRecord, lost: ReplicaRecord) -> None:
-        """Relaunch a lost replica elsewhere, with bounded tries and backoff."""
+        """Relaunch a lost replica on another worker: bounded launch attempts with
+        backoff; while no worker can take it, wait (a joining worker wakes us)."""
         max_restarts = int(record.options.get("max_restarts", 3))
-        for attempt in range(lost.attempts, max_restarts + 1):
-            await asyncio.sleep(RESTART_BACKOFF_S[min(attempt - 1, len(RESTART_BACKOFF_S) - 1)])
+        attempts = 0
+        waiting_said = False
+        exclude = {lost.worker}
+        while attempts < max_restarts:
+            delay = RESTART_BACKOFF_S[min(attempts, len(RESTART_BACKOFF_S) - 1)]
+            try:
+                await asyncio.wait_for(self._worker_joined.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             if record.terminating or self.models.get(record.uid) is not record:
                 return
             needs = Needs(memory=lost.memory, gpus=len(lost.gpus))
             try:
-                (placement,) = place(self._workers(exclude={lost.worker}), needs, 1)
+                (placement,) = place(self._workers(exclude=exclude), needs, 1)
             except XnbError as exc:
-                self._emit(record, "restart-wait", f"replica {lost.index}: no worker yet ({exc.message})",
-                           replica=lost.index)
+                if not waiting_said:
+                    self._emit(record, "restart-wait", f"replica {lost.index}: waiting for a worker "
+                               f"({exc.message})", replica=lost.index)
+                    waiting_said = True
                 continue
+            attempts += 1
             fresh = ReplicaRecord(index=lost.index, worker=placement.worker, gpus=placement.gpus,
-                                  memory=lost.memory, attempts=attempt + 1)
+                                  memory=lost.memory, attempts=lost.attempts + 1)
             record.replicas = [fresh if r is lost else r for r in record.replicas]
             self._emit(record, "restart", f"relaunching replica {lost.index} on {placement.worker} "
-                       f"(attempt {attempt + 1})", replica=lost.index)
+                       f"(restart {attempts} of {max_restarts})", replica=lost.index)
             await self._start_replica(record, fresh)
             if fresh.status == "ready":
                 return
+            if fresh.status == "restarting":
+                return  # its worker died too: remove_worker started another restart for it
+            exclude = set()
             lost = fresh
+        lost.status = "lost" if lost.status == "restarting" else lost.status
         self._emit(record, "restart-gave-up", f"replica {lost.index}: gave up after {max_restarts} restarts",
                    replica=lost.index)
 

@@ -14,6 +14,7 @@ __all__: list[str] = []
 
 logger = logging.getLogger(__name__)
 
+_TLS_FLAGS = ("tls_ca_file", "tls_cert", "tls_key")
 _API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue")
 
 
@@ -21,7 +22,7 @@ _API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "al
 @click.option("--launch", "launch_names", multiple=True, metavar="NAME",
               help="launch this catalog model before serving (served under its name); repeatable")
 @click.option("--api/--no-api", default=True, show_default=True, help="serve the OpenAI-compatible API")
-@settings_options("home", "n_workers", "threads_per_worker", "memory_limit", "dashboard", *_API_FLAGS)
+@settings_options("home", "n_workers", "threads_per_worker", "memory_limit", "dashboard", "tls", *_API_FLAGS)
 def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
     """Start a local xnb cluster (and the API at http://127.0.0.1:9997) until Ctrl-C."""
     from xnb.api import run_sidecar
@@ -62,10 +63,99 @@ def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
 
 
 @cli.command()
-@settings_options("scheduler_address", *_API_FLAGS)
+@settings_options("scheduler_address", *_API_FLAGS, *_TLS_FLAGS)
 def serve(**flags: Any) -> None:
     """Serve the OpenAI-compatible API for a running cluster (--scheduler ADDRESS)."""
     from xnb.api import run_sidecar
 
     settings = make_settings(**flags)
     run_sidecar(settings, scheduler_address=settings.scheduler_address)
+
+
+@cli.command()
+@click.option("--port", type=int, default=8786, show_default=True, help="scheduler port")
+@click.option("--scheduler-host", "bind_host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0 for other machines)")
+@settings_options("home", "dashboard", *_TLS_FLAGS)
+def scheduler(port: int, bind_host: str, **flags: Any) -> None:
+    """Run a Dask scheduler with xnb's Supervisor (workers join with `xnb worker`)."""
+    import asyncio
+
+    from distributed import Scheduler
+
+    from xnb.cluster import configure_dask, remove_runtime_file, security_for, write_runtime_file
+    from xnb.supervisor import Supervisor
+
+    settings = make_settings(**flags)
+    configure_dask()
+    security = security_for(settings)
+    protocol = "tls" if security is not None else "tcp"
+
+    async def run() -> None:
+        async with Scheduler(
+            host=bind_host, port=port, protocol=protocol, security=security,
+            dashboard=settings.dashboard, dashboard_address=f"{bind_host}:8787" if settings.dashboard else f"{bind_host}:0",
+            plugins=[Supervisor(home=str(settings.home))],
+        ) as s:
+            write_runtime_file(settings, s.address)
+            click.echo(f"xnb scheduler: {s.address}", err=True)
+            try:
+                await s.finished()
+            finally:
+                remove_runtime_file(settings)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("scheduler_address")
+@click.option("--nthreads", type=int, help="threads (cores) for this worker; default: all")
+@click.option("--memory-limit", default="auto", show_default=True, help="Dask memory limit")
+@click.option("--name", help="worker name (pin replicas to it with --worker NAME)")
+@click.option("--resources", help='extra Dask resources, e.g. "FPGA=1"; GPUs are detected')
+@click.option("--worker-host", "bind_host", default="127.0.0.1", show_default=True,
+              help="address to listen on")
+@click.option("--nanny/--no-nanny", default=True, show_default=True, help="restart the worker if it dies")
+@settings_options("home", *_TLS_FLAGS)
+def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name: str | None,
+           resources: str | None, bind_host: str, nanny: bool, **flags: Any) -> None:
+    """Run a worker for the xnb cluster at SCHEDULER_ADDRESS (GPUs advertised as resources)."""
+    import asyncio
+    import os
+
+    from distributed import Nanny, Worker
+
+    from xnb.cluster import configure_dask, security_for
+    from xnb.gpu import detect_gpus
+
+    settings = make_settings(**flags)
+    configure_dask()
+    res: dict[str, float] = {}
+    for item in (resources or "").split(","):
+        if item.strip():
+            key, _, value = item.partition("=")
+            res[key.strip()] = float(value or 1)
+    gpus = detect_gpus()
+    if gpus and "GPU" not in res:
+        res["GPU"] = len(gpus)
+    cls = Nanny if nanny else Worker
+    security = security_for(settings, scheduler_address)
+
+    os.environ["XNB_HOME"] = str(settings.home)  # the worker (or the nanny's child) reads it
+    kwargs: dict[str, Any] = {"env": {"XNB_HOME": str(settings.home)}} if nanny else {}
+
+    async def run() -> None:
+        async with cls(
+            scheduler_address, nthreads=nthreads or os.cpu_count() or 1, memory_limit=memory_limit,
+            name=name, resources=res or None, host=bind_host, security=security, **kwargs,
+        ) as w:
+            click.echo(f"xnb worker {w.address} ({len(gpus)} GPU) → {scheduler_address}", err=True)
+            await w.finished()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass

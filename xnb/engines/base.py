@@ -330,8 +330,9 @@ class Engine(ABC):
             f"engine {self.name!r} does not generate text", param="model"
         )
 
-    def embed(self, texts: list[str], *, normalize: bool = True) -> EmbedResult:
-        """Embed texts (blocking; runs on a thread of the actor)."""
+    def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
+        """Embed texts (blocking; runs on a thread of the actor); ``normalize=None``:
+        the engine's default."""
         raise UnsupportedParameter(f"engine {self.name!r} does not embed text", param="model")
 
     def stats(self) -> dict[str, Any]:

@@ -272,7 +272,7 @@ class LlamaCppEngine(Engine):
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    def embed(self, texts: list[str], *, normalize: bool = True) -> EmbedResult:
+    def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
         import llama_cpp
 
         if "embed" not in self.spec.abilities:
@@ -303,7 +303,7 @@ class LlamaCppEngine(Engine):
                         raise InvalidRequest("llama.cpp could not embed this input", param="input")
                     ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
                     vec = [ptr[j] for j in range(n_embd)]
-                    if normalize:
+                    if normalize is not False:
                         norm = math.sqrt(sum(v * v for v in vec)) or 1.0
                         vec = [v / norm for v in vec]
                     vectors.append(vec)

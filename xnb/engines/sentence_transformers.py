@@ -100,6 +100,9 @@ class SentenceTransformersEngine(Engine):
             "dimensions": dims,
             "max_seq_length": model.max_seq_length,
             "device": device,
+            # Models ending in a Normalize module (all-MiniLM-L6-v2) are unit length even
+            # when a request asks for normalize=False, exactly as with SentenceTransformer.encode.
+            "normalizes": any(type(m).__name__ == "Normalize" for m in model),
             "threads": torch.get_num_threads(),
             "batch_size": opts.batch_size,
         }

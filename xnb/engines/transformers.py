@@ -194,6 +194,8 @@ class TransformersEngine(ThreadedEngine):
         self._counters = dict.fromkeys(("requests", "prompt_tokens", "tokens_generated", "active",
                                         "sequences_finished", "sequences_aborted"), 0)
         self._counters["decode_seconds"] = 0.0
+        logger.info("transformers loaded %s (%s) on %s as %s", self.spec.model_name, path.name,
+                    self._device, model.dtype)
         return {
             "n_ctx": self.max_len,
             "device": str(self._device),
@@ -324,7 +326,7 @@ class TransformersEngine(ThreadedEngine):
 
     def _decode(self, prompt: _Prompt, params: SamplingParams, sink: Sink) -> tuple[str, int, str]:
         """The token loop: ``(finish reason, tokens generated, text still to send)``."""
-        torch = self._torch
+        torch, model = self._torch, self._model  # unload() may drop self._model meanwhile
         sampler = _Sampler(torch, params)
         detok = IncrementalDetokenizer(self._tokenizer)
         stop = StopChecker(list(dict.fromkeys([*params.stop, *self.spec.stop])))
@@ -341,8 +343,8 @@ class TransformersEngine(ThreadedEngine):
                 if sink.cancelled.is_set():
                     reason = "abort"
                     break
-                out = self._model(input_ids=step_input, use_cache=True, **{self._cache_arg: cache},
-                                  **self._forward_extra)
+                out = model(input_ids=step_input, use_cache=True, **{self._cache_arg: cache},
+                            **self._forward_extra)
                 cache = getattr(out, self._cache_arg)
                 token = sampler.sample(history, out.logits[:, -1, :])
                 generated += 1

@@ -1,0 +1,42 @@
+"""xnb in Jupyter: a server extension, the ``%xnb`` magics and a widget panel.
+
+* :mod:`xnb.jupyter.extension` — the Jupyter Server extension (enabled on
+  install by ``jupyter-config/jupyter_server_config.d/xnb.json``): it attaches
+  to or starts the cluster, runs the API sidecar as a child process, serves
+  ``{base_url}xnb/api/...`` (management) and proxies ``{base_url}xnb/v1/...``
+  (OpenAI) with Jupyter's own authentication.
+* :mod:`xnb.jupyter.magics` — ``%load_ext xnb`` then ``%xnb help``.
+* :mod:`xnb.jupyter.widgets` — :func:`panel` (catalog, launch, models,
+  cluster, chat).
+* :mod:`xnb.jupyter.batch` — call resident models from Dask tasks
+  (:func:`~xnb.jupyter.batch.embed_partition`).
+
+Importing this package imports nothing heavy; each part is imported when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["_jupyter_server_extension_points", "load_ipython_extension", "panel"]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Where Jupyter Server finds the extension (``jpserver_extensions: {"xnb.jupyter": true}``)."""
+    from xnb.jupyter.extension import XnbExtension
+
+    return [{"module": "xnb.jupyter", "app": XnbExtension}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext xnb.jupyter`` (same as ``%load_ext xnb``): register the ``%xnb`` magics."""
+    from xnb.jupyter.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def panel(client: Any = None, **kwargs: Any) -> Any:
+    """The xnb widget panel (see :class:`xnb.jupyter.widgets.Panel`)."""
+    from xnb.jupyter.widgets import panel as make
+
+    return make(client, **kwargs)

@@ -1,0 +1,238 @@
+"""The Jupyter Server extension: a cluster, the API sidecar, and the ``xnb`` handlers.
+
+Enabled on install (``jupyter-config/jupyter_server_config.d/xnb.json``). When
+the server's loop runs, a background task:
+
+1. finds the cluster: ``c.XnbExtension.scheduler_address`` (or
+   ``XNB_SCHEDULER_ADDRESS``), else one running on this machine (the runtime
+   file), else starts the embedded :class:`~distributed.LocalCluster` in this
+   process — in an executor thread, since starting it is synchronous;
+2. opens an asynchronous Dask client on the server's own loop and builds the
+   one :class:`~xnb.manager.ModelManager` the handlers share
+   (``web_app.settings["xnb_manager"]``);
+3. starts the API sidecar as a supervised child process
+   (:class:`~xnb.jupyter.sidecar.SidecarProcess`);
+4. tells kernels where the cluster is: the runtime file (embedded cluster)
+   and ``XNB_SCHEDULER_ADDRESS`` / ``XNB_API_URL`` in the environment kernels
+   inherit, so ``xnb.connect()`` in a notebook attaches with no arguments.
+
+The server answers requests meanwhile (``/xnb/api/status`` says ``starting``).
+When the server stops, the sidecar is terminated, the client and the embedded
+cluster are closed and the runtime file is removed.
+
+Configuration (``jupyter_server_config.py`` or ``--XnbExtension.n_workers=2``)::
+
+    c.XnbExtension.scheduler_address = "tcp://10.0.0.5:8786"
+    c.XnbExtension.n_workers = 2
+    c.XnbExtension.sidecar_port = 9997
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Int, Unicode
+
+from xnb.jupyter.handlers import MANAGER_KEY, STATE_KEY, XnbState, default_handlers
+
+__all__ = ["XnbExtension", "KERNEL_ENV_VARS"]
+
+#: Environment variables the extension sets for the kernels this server starts.
+KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL")
+
+
+class XnbExtension(ExtensionApp):
+    """Serve xnb from Jupyter: management API, OpenAI proxy, cluster and sidecar."""
+
+    name = "xnb"
+    description = "xnb: models on a Dask cluster, managed from Jupyter"
+    load_other_extensions = True
+
+    scheduler_address = Unicode(
+        None, allow_none=True, config=True,
+        help="Dask scheduler to attach to (tcp://HOST:PORT). Default: XNB_SCHEDULER_ADDRESS, "
+        "else a cluster running on this machine, else the embedded cluster.",
+    )
+    attach_running = Bool(
+        True, config=True,
+        help="Attach to an xnb cluster already running on this machine (found through "
+        "$XNB_HOME/runtime/cluster.json) instead of starting one.",
+    )
+    start_cluster = Bool(
+        True, config=True, help="Start the embedded cluster when there is none to attach to."
+    )
+    n_workers = Int(None, allow_none=True, config=True, help="Worker processes of the embedded cluster.")
+    threads_per_worker = Int(None, allow_none=True, config=True, help="Threads (cores) per embedded worker.")
+    memory_limit = Unicode(None, allow_none=True, config=True, help="Memory limit per embedded worker.")
+    start_sidecar = Bool(True, config=True, help="Run the OpenAI-compatible API sidecar as a child process.")
+    sidecar_host = Unicode("127.0.0.1", config=True, help="Address the sidecar binds.")
+    sidecar_port = Int(0, config=True, help="Port of the sidecar; 0 picks a free one.")
+    sidecar_api_key = Unicode(
+        "", config=True,
+        help="An API key the sidecar requires (added to its admin keys); the {base_url}xnb/v1 "
+        "proxy sends it. Empty: the keys of XNB_API_KEYS / XNB_ADMIN_API_KEYS / "
+        "XNB_API_KEYS_FILE, if any, are used.",
+    )
+    set_kernel_env = Bool(
+        True, config=True,
+        help="Put XNB_SCHEDULER_ADDRESS and XNB_API_URL in the environment of kernels this server starts.",
+    )
+
+    def initialize_settings(self) -> None:
+        self.state = XnbState()
+        self._task: asyncio.Task[None] | None = None
+        self._cluster: Any = None
+        self._cluster_future: asyncio.Future[Any] | None = None
+        self._dask: Any = None
+        self._xnb_settings: Any = None
+        self._env_before: dict[str, str | None] = {}
+        self.settings.update({STATE_KEY: self.state, MANAGER_KEY: None})
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(default_handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self._task = asyncio.ensure_future(self._startup())
+
+    # -- startup ------------------------------------------------------------------------------
+
+    def _settings_overrides(self) -> dict[str, Any]:
+        values = {
+            "scheduler_address": self.scheduler_address or None,
+            "n_workers": self.n_workers,
+            "threads_per_worker": self.threads_per_worker,
+            "memory_limit": self.memory_limit,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    async def _startup(self) -> None:
+        from xnb.settings import XnbSettings
+
+        loop = asyncio.get_running_loop()
+        try:
+            settings = self._xnb_settings = XnbSettings(**self._settings_overrides())
+            address = settings.scheduler_address
+            if address is None and self.attach_running:
+                from xnb.cluster import find_running_cluster
+
+                address = await loop.run_in_executor(None, find_running_cluster, settings)
+            if address is None:
+                if not self.start_cluster:
+                    raise RuntimeError(
+                        "no scheduler configured or running and c.XnbExtension.start_cluster is False; "
+                        "set c.XnbExtension.scheduler_address or start one with `xnb local`"
+                    )
+                address = await self._start_embedded(settings)
+            self.state.scheduler_address = address
+            self.log.info("xnb: using the Dask scheduler at %s%s", address,
+                          " (embedded)" if self.state.embedded else "")
+            await self._connect(address, settings)
+            if self.start_sidecar:
+                await loop.run_in_executor(None, self._start_sidecar, address, settings)
+            self._publish(address, settings)
+            self.state.status = "ready"
+            self.log.info("xnb: ready%s", f"; OpenAI API at {self.state.sidecar.url}/v1" if self.state.sidecar else "")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # startup must never take Jupyter down: record why, serve 503s
+            self.log.exception("xnb: the extension could not start")
+            self.state.status = "error"
+            self.state.error = f"{type(exc).__name__}: {exc}"
+
+    async def _start_embedded(self, settings: Any) -> str:
+        from xnb.cluster import start_local_cluster
+
+        self.log.info("xnb: starting the embedded cluster (%s worker(s))", settings.n_workers)
+        loop = asyncio.get_running_loop()
+        self._cluster_future = loop.run_in_executor(None, functools.partial(start_local_cluster, settings))
+        self._cluster = await self._cluster_future
+        self.state.embedded = True
+        return str(self._cluster.scheduler_address)
+
+    async def _connect(self, address: str, settings: Any) -> None:
+        from distributed import Client
+
+        from xnb.cluster import ensure_supervisor_async
+        from xnb.manager import ModelManager
+
+        self._dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
+        await ensure_supervisor_async(self._dask)
+        manager = ModelManager(self._dask, stream_poll_s=settings.stream_poll_s)
+        self.state.manager = manager
+        self.serverapp.web_app.settings[MANAGER_KEY] = manager
+
+    def _sidecar_key(self, settings: Any) -> str | None:
+        if self.sidecar_api_key:
+            return self.sidecar_api_key
+        inference, admin = settings.load_key_file()
+        keys = [*settings.api_keys, *inference, *settings.admin_api_keys, *admin]
+        return keys[0] if keys else None
+
+    def _start_sidecar(self, address: str, settings: Any) -> None:
+        from xnb.jupyter.sidecar import SidecarProcess
+
+        env = {"XNB_HOME": str(settings.home)}
+        if self.sidecar_api_key:
+            env["XNB_ADMIN_API_KEYS"] = ",".join([*settings.admin_api_keys, self.sidecar_api_key])
+        sidecar = SidecarProcess(address, host=self.sidecar_host, port=self.sidecar_port, env=env)
+        self.state.sidecar_key = self._sidecar_key(settings)
+        self.state.sidecar = sidecar
+        sidecar.start()
+
+    def _publish(self, address: str, settings: Any) -> None:
+        """Let kernels (and other processes) find the cluster with no configuration."""
+        api_url = self.state.sidecar.url if self.state.sidecar is not None else None
+        if self.state.embedded:
+            from xnb.cluster import write_runtime_file
+
+            write_runtime_file(settings, address, api_url=api_url, jupyter_pid=os.getpid())
+        if self.set_kernel_env:
+            values = {"XNB_SCHEDULER_ADDRESS": address, "XNB_API_URL": api_url}
+            for name, value in values.items():
+                if value is None:
+                    continue
+                self._env_before.setdefault(name, os.environ.get(name))
+                os.environ[name] = value
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def stop_extension(self) -> None:
+        """Stop the sidecar, close the client and the embedded cluster, remove the runtime file."""
+        loop = asyncio.get_running_loop()
+        self.state.status = "stopping"
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._cluster is None and self._cluster_future is not None:
+            # Cancelling does not stop a cluster half-started in its thread: wait for it, then close it.
+            try:
+                self._cluster = await asyncio.wait_for(asyncio.shield(self._cluster_future), 120)
+            except Exception as exc:  # it failed to start: nothing to close
+                self.log.warning("xnb: the embedded cluster did not start: %s", exc)
+        self.serverapp.web_app.settings[MANAGER_KEY] = None
+        self.state.manager = None
+        if self.state.sidecar is not None:
+            await loop.run_in_executor(None, self.state.sidecar.stop)
+        await self.state.aclose()
+        if self._dask is not None:
+            try:
+                await asyncio.wait_for(self._dask.close(), 10)
+            except (asyncio.TimeoutError, OSError) as exc:
+                self.log.warning("xnb: closing the Dask client: %s", exc)
+            self._dask = None
+        if self._cluster is not None:
+            from xnb.cluster import remove_runtime_file
+
+            remove_runtime_file(self._xnb_settings)
+            await loop.run_in_executor(None, self._cluster.close)
+            self._cluster = None
+        for name, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.state.status = "stopped"
+        self.log.info("xnb: stopped")

@@ -1,0 +1,316 @@
+"""The Jupyter server extension's HTTP handlers.
+
+* ``{base_url}xnb/api/...`` — management (status, models, catalog, cluster,
+  events): thin handlers, each calling the one
+  :class:`~xnb.manager.ModelManager` kept in ``web_app.settings["xnb_manager"]``.
+* ``{base_url}xnb/v1/...`` — a proxy to the API sidecar's OpenAI routes
+  (``/v1/...``), streaming included, so a notebook behind JupyterHub can use
+  ``base_url=<jupyter url>/xnb/v1`` with its Jupyter token.
+
+Every method is ``@web.authenticated`` (and ``@authorized`` on resource
+``xnb``); Jupyter applies XSRF checks to cookie-authenticated POST/DELETE.
+Errors are OpenAI error objects with the status their :class:`XnbError`
+class carries.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import httpx
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from xnb.errors import ClusterUnavailable, InvalidRequest, QueueFull, XnbError
+
+__all__ = ["XnbState", "default_handlers", "STATE_KEY", "MANAGER_KEY"]
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "xnb_state"
+MANAGER_KEY = "xnb_manager"
+AUTH_RESOURCE = "xnb"
+
+#: Response headers of the sidecar passed on to the caller.
+_PASS_HEADERS = ("retry-after", "cache-control", "x-request-id", "location")
+#: Request headers passed on to the sidecar (never Jupyter's Authorization or cookies).
+_FORWARD_HEADERS = ("content-type", "accept", "openai-organization", "openai-project", "x-request-id")
+
+
+@dataclass
+class XnbState:
+    """What the handlers see: startup status, the manager once ready, the sidecar."""
+
+    status: str = "starting"  # starting | ready | error | stopping | stopped
+    error: str | None = None
+    scheduler_address: str | None = None
+    embedded: bool = False
+    sidecar: Any = None  # xnb.jupyter.sidecar.SidecarProcess
+    sidecar_key: str | None = None
+    manager: Any = None
+    _http: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    def require_manager(self) -> Any:
+        if self.manager is not None:
+            return self.manager
+        if self.status == "error":
+            raise ClusterUnavailable(
+                f"the xnb extension could not reach a cluster: {self.error}. Fix the cause "
+                "(see the Jupyter server log) and restart the server"
+            )
+        raise ClusterUnavailable(f"the xnb cluster is {self.status}; retry in a few seconds")
+
+    def http(self) -> httpx.AsyncClient:
+        """One HTTP client for the proxy, created on the server's loop."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "error": self.error,
+            "scheduler_address": self.scheduler_address,
+            "embedded": self.embedded,
+            "sidecar": self.sidecar.describe() if self.sidecar is not None else None,
+            "openai_base_path": "xnb/v1",
+        }
+
+
+Handler = Callable[..., Awaitable[None]]
+
+
+def _openai_errors(method: Handler) -> Handler:
+    """Render XnbErrors as OpenAI error objects with their own status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: "XnbHandler", *args: Any, **kwargs: Any) -> None:
+        try:
+            await method(self, *args, **kwargs)
+        except XnbError as exc:
+            self.write_xnb_error(exc)
+
+    return wrapper
+
+
+def _endpoint(method: Handler) -> Handler:
+    """``@web.authenticated`` + ``@authorized`` + OpenAI-shaped errors."""
+    return web.authenticated(authorized(_openai_errors(method)))
+
+
+class XnbHandler(APIHandler):
+    """Base: access to the state and the manager, JSON in and out."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def state(self) -> XnbState:
+        return self.settings[STATE_KEY]
+
+    @property
+    def manager(self) -> Any:
+        manager = self.settings.get(MANAGER_KEY)
+        return manager if manager is not None else self.state.require_manager()
+
+    def write_xnb_error(self, exc: XnbError) -> None:
+        if exc.status >= 500:
+            logger.warning("%s %s -> %s: %s", self.request.method, self.request.path, exc.status, exc.message)
+        self.clear()  # drop anything buffered before the error
+        self.set_status(exc.status)
+        if isinstance(exc, QueueFull):
+            self.set_header("Retry-After", str(exc.retry_after))
+        self.finish(json.dumps(exc.openai_body()))
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError:
+            raise InvalidRequest("the request body is not valid JSON") from None
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, default=str))
+
+    def optional_float(self, name: str, default: float) -> float:
+        raw = self.get_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidRequest(f"query parameter {name} must be a number, not {raw!r}", param=name) from None
+
+
+class StatusHandler(XnbHandler):
+    @_endpoint
+    async def get(self) -> None:
+        self.reply(self.state.describe())
+
+
+class ModelsHandler(XnbHandler):
+    @_endpoint
+    async def get(self) -> None:
+        self.reply({"data": await self.manager.list()})
+
+    @_endpoint
+    async def post(self) -> None:
+        from xnb.api.admin import LaunchBody  # the sidecar's launch schema: one definition
+        from xnb.openai_requests import parse_request
+
+        body = parse_request(LaunchBody, self.json_body())
+        record = await self.manager.launch(**body.model_dump(exclude_none=True))
+        url = self.base_url.rstrip("/") + f"/xnb/api/models/{record['uid']}"
+        self.set_header("Location", url)
+        self.reply({**record, "status_url": url}, status=202)
+
+
+class ModelHandler(XnbHandler):
+    @_endpoint
+    async def get(self, uid: str) -> None:
+        version = int(self.optional_float("version", -1))
+        wait = min(max(self.optional_float("wait", 0.0), 0.0), 60.0)
+        manager = self.manager
+        record = await manager.watch(uid, version, wait) if wait > 0 else await manager.describe(uid)
+        self.reply(record)
+
+    @_endpoint
+    async def delete(self, uid: str) -> None:
+        self.reply(await self.manager.terminate(uid))
+
+
+class ModelEventsHandler(XnbHandler):
+    @_endpoint
+    async def get(self, uid: str) -> None:
+        since = self.optional_float("since", 0.0)
+        self.reply({"data": await self.manager.events(uid, since)})
+
+
+class CatalogHandler(XnbHandler):
+    @_endpoint
+    async def get(self) -> None:
+        rows = await self.manager.catalog(
+            self.get_argument("q", None),
+            ability=self.get_argument("ability", None),
+            format=self.get_argument("format", None),
+        )
+        self.reply({"data": rows})
+
+
+class CatalogEntryHandler(XnbHandler):
+    @_endpoint
+    async def get(self, name: str) -> None:
+        self.reply(await self.manager.catalog_get(name))
+
+
+class CatalogEnginesHandler(XnbHandler):
+    @_endpoint
+    async def get(self, name: str) -> None:
+        self.reply({"data": await self.manager.engines(name)})
+
+
+class ClusterHandler(XnbHandler):
+    @_endpoint
+    async def get(self) -> None:
+        self.reply(await self.manager.cluster())
+
+
+class OpenAIProxyHandler(XnbHandler):
+    """``{base_url}xnb/v1/PATH`` → the sidecar's ``/v1/PATH``, chunks flushed as they arrive."""
+
+    @_endpoint
+    async def get(self, path: str) -> None:
+        await self._proxy(path)
+
+    @_endpoint
+    async def post(self, path: str) -> None:
+        await self._proxy(path)
+
+    @_endpoint
+    async def delete(self, path: str) -> None:
+        await self._proxy(path)
+
+    async def _proxy(self, path: str) -> None:
+        sidecar = self.state.sidecar
+        if sidecar is None:
+            if self.state.status == "ready":
+                raise ClusterUnavailable(
+                    "this Jupyter server runs no xnb API sidecar (c.XnbExtension.start_sidecar = False); "
+                    "use the sidecar you run yourself, or enable it"
+                )
+            self.state.require_manager()  # says why: starting / failed
+        query = [(k, v) for k, vs in self.request.query_arguments.items() if k != "token"
+                 for v in (x.decode("utf-8", "replace") for x in vs)]
+        headers = {k: self.request.headers[k] for k in _FORWARD_HEADERS if k in self.request.headers}
+        if self.state.sidecar_key:
+            headers["Authorization"] = f"Bearer {self.state.sidecar_key}"
+        request = self.state.http().build_request(
+            self.request.method, f"{sidecar.url}/v1/{path}", params=query, headers=headers,
+            content=self.request.body or None,
+        )
+        try:
+            response = await self.state.http().send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ClusterUnavailable(
+                f"the xnb API sidecar at {sidecar.url} is not answering ({type(exc).__name__}); it is "
+                "restarted automatically, retry in a few seconds"
+            ) from None
+        try:
+            await self._relay(response)
+        finally:
+            await response.aclose()  # on a client disconnect this aborts the generation upstream
+
+    async def _relay(self, response: httpx.Response) -> None:
+        self.set_status(response.status_code)
+        for name in _PASS_HEADERS:
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        content_type = response.headers.get("content-type", "application/json")
+        streaming = content_type.startswith("text/event-stream")
+        if streaming:
+            self.set_header("Content-Type", content_type)
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")  # no buffering in nginx-style proxies
+        try:
+            async for chunk in response.aiter_raw():
+                self.write(chunk)
+                if streaming:
+                    await self.flush()
+            self.finish(set_content_type=content_type)
+        except StreamClosedError:
+            logger.info("client went away during %s; closing the upstream stream", self.request.path)
+        except httpx.TransportError as exc:
+            # The sidecar died mid-response: end the stream with an OpenAI error event if we can.
+            logger.warning("the xnb sidecar broke off %s: %s", self.request.path, exc)
+            if streaming:
+                error = ClusterUnavailable("the xnb API sidecar stopped during the stream; retry")
+                self.write(b"data: " + json.dumps(error.openai_body()).encode() + b"\n\n")
+                self.finish(set_content_type=content_type)
+            else:
+                raise ClusterUnavailable("the xnb API sidecar stopped while answering; retry") from None
+
+
+def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
+    """URL patterns (relative to ``base_url``) and their handlers."""
+    uid = r"([^/]+)"
+    return [
+        (r"/xnb/api/status", StatusHandler, {}),
+        (r"/xnb/api/models", ModelsHandler, {}),
+        (rf"/xnb/api/models/{uid}", ModelHandler, {}),
+        (rf"/xnb/api/models/{uid}/events", ModelEventsHandler, {}),
+        (r"/xnb/api/catalog", CatalogHandler, {}),
+        (rf"/xnb/api/catalog/{uid}", CatalogEntryHandler, {}),
+        (rf"/xnb/api/catalog/{uid}/engines", CatalogEnginesHandler, {}),
+        (r"/xnb/api/cluster", ClusterHandler, {}),
+        (r"/xnb/v1/(.*)", OpenAIProxyHandler, {}),
+    ]
