@@ -216,3 +216,18 @@ def test_tls_cluster_refuses_plain_tcp(tmp_path: Path) -> None:
             assert model.chat("hi", max_tokens=3)["usage"]["completion_tokens"] >= 1
     finally:
         procs.close()
+
+
+def test_idle_unload_and_reload(multi: dict[str, Any]) -> None:
+    client: Client = multi["client"]
+    model = client.launch(SMOL, uid="sleepy", keep_alive=0.5, timeout=120)
+    first = model.chat("hello", max_tokens=4, temperature=0)
+    wait_until(lambda: any(e["kind"] == "unloaded" for e in model.events()), 30, "the idle unload")
+    (info,) = model.info()
+    assert info["status"] == "idle" and info["engine"] == {} and info["counters"]["idle_unloads"] == 1
+    again = model.chat("hello", max_tokens=4, temperature=0)  # reloads on demand
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    (info,) = model.info()
+    assert info["counters"]["reloads"] == 1
+    assert any(e["kind"] == "reloaded" for e in model.events())
+    client.terminate("sleepy")

@@ -101,6 +101,7 @@ class ModelActor:
         gpus: list[int] | None = None,
         max_queue: int = 64,
         cache_dir: str | None = None,
+        keep_alive: float | None = None,
     ) -> None:
         # Cheap on purpose: Dask runs the constructor as a task; loading is load().
         self.uid = uid
@@ -108,6 +109,9 @@ class ModelActor:
         self.spec = LaunchSpec.model_validate(spec)
         self.resources = ReplicaResources(threads=threads, gpus=list(gpus or []))
         self.max_queue = max_queue
+        self.keep_alive = keep_alive
+        self._engine_lock = asyncio.Lock()
+        self._last_used = time.monotonic()
         self.cache_dir = Path(cache_dir) if cache_dir else Path("~/.xnb/cache").expanduser()
         self.status = "created"
         self.engine: Engine | None = None
@@ -116,10 +120,16 @@ class ModelActor:
         self._embedding = 0
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"xnb-actor-{uid}")
         self._reaper: asyncio.Task[None] | None = None
-        self.counters = {"requests": 0, "rejected": 0, "aborted": 0, "failed": 0, "embed_requests": 0}
+        self.counters = {"requests": 0, "rejected": 0, "aborted": 0, "failed": 0, "embed_requests": 0,
+                         "idle_unloads": 0, "reloads": 0}
         self.created_at = time.time()
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _report(self, phase: str, **extra: Any) -> None:
+        """Tell the Supervisor (a Dask event); callable from any thread."""
+        msg = {"uid": self.uid, "replica": self.replica, "phase": phase, **extra}
+        self._loop.call_soon_threadsafe(self._worker.log_event, PROGRESS_TOPIC, msg)
 
     async def load(self) -> dict[str, Any]:
         """Fetch the files, load the engine; reports progress as Dask events."""
@@ -127,35 +137,34 @@ class ModelActor:
 
         from xnb.hub import resolve_files
 
-        loop = asyncio.get_running_loop()
-        worker = get_worker()
-
-        def report(phase: str, **extra: Any) -> None:
-            msg = {"uid": self.uid, "replica": self.replica, "phase": phase, **extra}
-            loop.call_soon_threadsafe(worker.log_event, PROGRESS_TOPIC, msg)
-
+        self._loop = asyncio.get_running_loop()
+        self._worker = get_worker()
         engine_cls = get_engine(self.spec.engine)
         if not engine_installed(self.spec.engine):
             missing = ", ".join(engine_cls.requires)
             raise LaunchFailed(
-                f"engine {self.spec.engine!r} is not installed on worker {worker.address} "
+                f"engine {self.spec.engine!r} is not installed on worker {self._worker.address} "
                 f"(missing: {missing}); install it there, e.g. pip install 'xnb[{self.spec.engine}]'"
             )
         self.status = "downloading"
-        report("downloading")
-        files = await loop.run_in_executor(
+        self._report("downloading")
+        self._files = await self._loop.run_in_executor(
             self._pool,
-            lambda: resolve_files(
-                self.spec, cache_dir=self.cache_dir, progress=lambda p: report(**p)
-            ),
+            lambda: resolve_files(self.spec, cache_dir=self.cache_dir, progress=lambda p: self._report(**p)),
         )
         self.status = "loading"
-        report("loading", path=str(files.path), size_bytes=files.size_bytes)
+        self._report("loading", path=str(self._files.path), size_bytes=self._files.size_bytes)
+        await self._load_engine()
+        self._reaper = asyncio.create_task(self._reap_idle())
+        return self.load_info
+
+    async def _load_engine(self) -> None:
+        engine_cls = get_engine(self.spec.engine)
         options = engine_cls.Options.model_validate(self.spec.engine_options)
-        engine = engine_cls(self.spec, files.path, options, self.resources)
+        engine = engine_cls(self.spec, self._files.path, options, self.resources)
         started = time.monotonic()
         try:
-            info = await loop.run_in_executor(self._pool, engine.load)
+            info = await self._loop.run_in_executor(self._pool, engine.load)
         except XnbError:
             raise
         except Exception as exc:  # a library failure: say what failed, keep the worker
@@ -165,15 +174,14 @@ class ModelActor:
             ) from None
         self.engine = engine
         self.status = "ready"
+        self._last_used = time.monotonic()
         self.load_info = {
             **info,
             "load_seconds": round(time.monotonic() - started, 3),
-            "path": str(files.path),
-            "downloaded": files.downloaded,
-            "size_bytes": files.size_bytes,
+            "path": str(self._files.path),
+            "downloaded": self._files.downloaded,
+            "size_bytes": self._files.size_bytes,
         }
-        self._reaper = asyncio.create_task(self._reap_idle_streams())
-        return self.load_info
 
     async def unload(self) -> None:
         self.status = "terminating"
@@ -197,6 +205,7 @@ class ModelActor:
             "inflight": self._inflight(),
             "streams": len(self._streams),
             "capacity": self._capacity() if self.engine else 0,
+            "keep_alive": self.keep_alive,
             "counters": dict(self.counters),
             "engine": self.engine.stats() if self.engine else {},
             "load": self.load_info,
@@ -230,7 +239,7 @@ class ModelActor:
 
     async def start(self, request: dict[str, Any]) -> str:
         """Begin a generation; returns the stream id to pull."""
-        engine = self._ready_engine()
+        engine = await self._engine_for_request()
         try:
             req = GenerateRequest.model_validate(request)
         except ValidationError as exc:
@@ -286,21 +295,50 @@ class ModelActor:
             if done:
                 return (items, usage, error)
 
-    async def _reap_idle_streams(self) -> None:
+    async def _reap_idle(self) -> None:
+        """Abort streams nobody pulls; unload the engine after ``keep_alive`` idle seconds."""
+        period = STREAM_IDLE_TIMEOUT_S / 4
+        if self.keep_alive is not None:
+            period = max(0.05, min(period, self.keep_alive / 4))
         while True:
-            await asyncio.sleep(STREAM_IDLE_TIMEOUT_S / 4)
+            await asyncio.sleep(period)
             cutoff = time.monotonic() - STREAM_IDLE_TIMEOUT_S
             for sid, stream in list(self._streams.items()):
                 if stream.last_pull < cutoff:
                     logger.info("aborting stream %s of %s: nobody pulled it", sid, self.uid)
                     await self.abort(sid)
+            idle = time.monotonic() - self._last_used
+            if (self.keep_alive is not None and self.engine is not None and self.status == "ready"
+                    and self._inflight() == 0 and not self._streams and idle > self.keep_alive):
+                async with self._engine_lock:
+                    engine, self.engine = self.engine, None
+                    self.status = "idle"
+                    await self._loop.run_in_executor(self._pool, engine.unload)
+                    self.counters["idle_unloads"] += 1
+                self._report("unloaded", idle_seconds=round(idle, 1))
+
+    async def _engine_for_request(self) -> Engine:
+        """The loaded engine (reloading it after an idle unload), or 503/429."""
+        if self.status == "idle":
+            async with self._engine_lock:
+                if self.status == "idle":
+                    self.status = "loading"
+                    try:
+                        await self._load_engine()
+                    except XnbError:
+                        self.status = "idle"
+                        raise
+                    self.counters["reloads"] += 1
+                    self._report("reloaded", load_seconds=self.load_info["load_seconds"])
+        self._last_used = time.monotonic()
+        return self._ready_engine()
 
     # -- embeddings ---------------------------------------------------------------------------
 
     async def embed(self, texts: list[str], normalize: bool | None = None) -> tuple[np.ndarray, int]:
         """Embed texts: ``(float32 array of shape (len(texts), dim), prompt tokens)``.
         ``normalize=None`` lets the engine decide (its launch option)."""
-        engine = self._ready_engine()
+        engine = await self._engine_for_request()
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
         self._embedding += 1

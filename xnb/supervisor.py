@@ -142,9 +142,14 @@ class Supervisor(SchedulerPlugin):
             return
         index = msg.get("replica")
         replica = next((r for r in record.replicas if r.index == index), None)
+        phase = msg.get("phase")
+        if replica is not None and phase in ("unloaded", "reloaded") and replica.status == "ready":
+            replica.load_info = {**replica.load_info, "loaded": phase == "reloaded"}
+            what = "unloaded after being idle" if phase == "unloaded" else "reloaded for a request"
+            self._emit(record, phase, f"replica {index} {what}", replica=index)
+            return
         if replica is None or replica.status not in ("launching", "downloading", "loading"):
             return
-        phase = msg.get("phase")
         replica.progress = {k: v for k, v in msg.items() if k not in ("uid", "replica")}
         if phase in ("downloading", "loading") and replica.status != phase:
             replica.status = phase
@@ -248,6 +253,7 @@ class Supervisor(SchedulerPlugin):
         max_queue: int | None = None,
         restart: str = "never",
         max_restarts: int = 3,
+        keep_alive: float | None = None,
     ) -> dict[str, Any]:
         spec = self.catalog.resolve(
             model, engine=engine, fmt=format, size=size, quantization=quantization,
@@ -268,6 +274,8 @@ class Supervisor(SchedulerPlugin):
             raise InvalidRequest("restart must be 'never' or 'on-failure'", param="restart")
         if not 1 <= replicas <= 64:
             raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
+        if keep_alive is not None and keep_alive <= 0:
+            raise InvalidRequest("keep_alive must be a positive number of seconds", param="keep_alive")
         n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
         needs = Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
         placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
@@ -280,6 +288,7 @@ class Supervisor(SchedulerPlugin):
                 "max_restarts": max_restarts,
                 "gpus": n_gpus,
                 "workers": workers,
+                "keep_alive": keep_alive,
             },
         )
         record.replicas = [
@@ -306,6 +315,7 @@ class Supervisor(SchedulerPlugin):
                 threads=threads,
                 gpus=list(replica.gpus),
                 max_queue=record.options["max_queue"],
+                keep_alive=record.options.get("keep_alive"),
                 cache_dir=str(self.settings.home / "cache"),
                 actor=True,
                 workers=[replica.worker],

@@ -42,6 +42,7 @@ class LaunchBody(BaseModel):
     max_queue: int | None = Field(default=None, ge=0)
     restart: Literal["never", "on-failure"] = "never"
     max_restarts: int = Field(default=3, ge=0, le=100)
+    keep_alive: float | None = Field(default=None, gt=0, description="unload after this many idle seconds")
 
 
 class ScaleBody(BaseModel):

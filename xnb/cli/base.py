@@ -160,6 +160,8 @@ def launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-queue", type=int, help="requests a replica queues before answering 429"),
         click.option("--restart", type=click.Choice(["never", "on-failure"]), default="never",
                      show_default=True, help="relaunch replicas lost with their worker"),
+        click.option("--keep-alive", type=float, metavar="SECONDS",
+                     help="unload the model after this many idle seconds; reload on the next request"),
         click.option("--option", "-o", "engine_option", multiple=True, metavar="KEY=VALUE",
                      help="engine option, e.g. -o max_num_seqs=8 (JSON values allowed)"),
     ]
@@ -187,6 +189,7 @@ def launch_model(client: Any, name: str, *, quiet: bool = False, **kw: Any) -> A
         "quantization": kw.get("quantization"), "replicas": kw.get("replicas", 1),
         "workers": list(kw.get("workers") or []) or None, "gpu_idx": list(kw.get("gpu_idx") or []) or None,
         "max_queue": kw.get("max_queue"), "restart": kw.get("restart", "never"),
+        "keep_alive": kw.get("keep_alive"),
         "engine_options": _parse_engine_options(tuple(kw.get("engine_option") or ())),
     }
     model = client.launch(name, wait=False, **options)
