@@ -49,7 +49,9 @@ class LlamaCppOptions(EngineOptions):
     )
     prefix_cache: bool = Field(default=True, description="keep finished sequences' KV for prefix reuse")
     n_threads: int | None = Field(default=None, ge=1, description="default: the replica's cores")
-    n_gpu_layers: int = Field(default=0, description="layers offloaded to the GPU (-1: all)")
+    n_gpu_layers: int | None = Field(
+        default=None, description="layers offloaded to the GPU (-1: all); default: all when the replica has GPUs"
+    )
     flash_attn: bool | None = Field(default=None, description="None: llama.cpp decides")
     kv_type: Literal["f16", "q8_0"] = "f16"
     use_mmap: bool = True
@@ -107,7 +109,14 @@ class LlamaCppEngine(Engine):
 
         opts = self.options
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = opts.n_gpu_layers if self.resources.gpus else 0
+        gpus = self.resources.gpus
+        if gpus:  # the Supervisor gave this replica these devices
+            mparams.n_gpu_layers = -1 if opts.n_gpu_layers is None else opts.n_gpu_layers
+            mparams.main_gpu = gpus[0]
+            if len(gpus) == 1:
+                mparams.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
+        else:
+            mparams.n_gpu_layers = 0
         mparams.use_mmap = opts.use_mmap
         model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not model:
