@@ -29,6 +29,7 @@ import math
 import platform
 import random
 import time
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "load_prompts",
     "random_prompts",
     "sample_prompts",
+    "warmup_prompt",
     "percentile",
     "distribution",
     "inter_token_latencies",
@@ -59,6 +61,10 @@ __all__ = [
 
 #: The small prompt set shipped with the repository (``--dataset bundled``).
 BUNDLED_PROMPTS = Path(__file__).resolve().parent.parent / "benchmarks" / "prompts.json"
+
+#: What warm-up requests ask (not a dataset prompt, so a server's prefix cache
+#: holds nothing of the measured prompts when the run starts).
+WARMUP_PROMPT_TEXT = "Reply with one word: are you ready?"
 
 #: Percentiles reported for every latency metric, besides the mean.
 PERCENTILES = (50.0, 99.0)
@@ -128,6 +134,11 @@ _WORDS = (
     "land different home us move try kind hand picture again change off play spell air away "
     "animal house point page letter mother answer found study still learn should world high"
 ).split()
+
+
+def warmup_prompt() -> Prompt:
+    """The request sent before a run (and not counted)."""
+    return Prompt([{"role": "user", "content": WARMUP_PROMPT_TEXT}], max_tokens=8)
 
 
 def random_prompts(num: int, input_len: int, output_len: int, *, seed: int = 0) -> list[Prompt]:
@@ -383,23 +394,24 @@ async def stream_chat(client: httpx.AsyncClient, config: BenchConfig, prompt: Pr
                     detail = body[:300]
                 res.error = f"HTTP {resp.status_code}: {detail}"
                 return res
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, ": ping" comments, event:/id: fields
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    saw_done = True
-                    break
-                now = time.perf_counter()
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    res.error = f"bad SSE data: {data[:200]}"
-                    return res
-                if "error" in event:
-                    res.error = f"error event: {_error_text(event)}"
-                    return res
-                res.observe(event, now)
+            async with aclosing(resp.aiter_lines()) as lines:
+                async for line in lines:
+                    if not line.startswith("data:"):
+                        continue  # blank separators, ": ping" comments, event:/id: fields
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        saw_done = True
+                        break
+                    now = time.perf_counter()
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        res.error = f"bad SSE data: {data[:200]}"
+                        return res
+                    if "error" in event:
+                        res.error = f"error event: {_error_text(event)}"
+                        return res
+                    res.observe(event, now)
     except httpx.HTTPError as exc:
         res.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return res
@@ -466,7 +478,7 @@ async def run_benchmark(
         if config.model is None:
             config.model = await discover_model(config.base_url, config.api_key)
         for _ in range(warmup):
-            first = await stream_chat(client, config, prompts[0])
+            first = await stream_chat(client, config, warmup_prompt())
             if not first.ok:
                 raise BenchError(f"the warm-up request to {config.chat_url} failed: {first.error}")
         sem = asyncio.Semaphore(concurrency)

@@ -277,7 +277,8 @@ class ModelManager:
         on_usage: UsageHook | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """:meth:`stream` as OpenAI chunk dicts (chat or text completion)."""
-        builder = ChunkBuilder(kind=request.kind, model=uid, include_usage=include_usage)
+        builder = ChunkBuilder(kind=request.kind, model=uid, include_usage=include_usage,
+                               tool_mode=_tool_mode(request))
         async for kind, value in self.stream(uid, request):
             if kind == "deltas":
                 for chunk in builder.chunks(value):
@@ -297,10 +298,11 @@ class ModelManager:
     # -- OpenAI-shaped calls (shared by the sidecar and the Python client) ----------------------
 
     async def chat_completion(self, body: ChatCompletionRequest) -> dict[str, Any]:
-        choices, usage = await self.generate(body.model, body.to_generate())
+        request = body.to_generate()
+        choices, usage = await self.generate(body.model, request)
         return shapes.chat_completion(
             id=shapes.new_id("chatcmpl"), model=body.model, created=int(time.time()),
-            choices=choices, usage=usage,
+            choices=choices, usage=usage, tool_mode=_tool_mode(request),
         )
 
     def chat_completion_stream(
@@ -349,6 +351,11 @@ class ModelManager:
         return shapes.embedding_list(
             model=body.model, vectors=vectors, prompt_tokens=tokens, encoding_format=body.encoding_format
         )
+
+
+def _tool_mode(request: GenerateRequest) -> bool:
+    """Whether outputs may be tool calls to turn into ``tool_calls``."""
+    return bool(request.tools) and request.tool_choice != "none"
 
 
 def _lists(value: Any) -> Any:

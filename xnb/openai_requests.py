@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xnb.engines.base import GenerateRequest, SamplingParams
 from xnb.errors import InvalidRequest, UnsupportedParameter
+from xnb.tools import check_schema, resolve_tool_choice, validate_tools
 
 __all__ = [
     "ChatCompletionRequest",
@@ -41,6 +42,8 @@ def _text_of(content: Any, role: str) -> str:
                 parts.append(str(part.get("text", "")))
             elif kind == "refusal":
                 parts.append(str(part.get("refusal", "")))
+            elif role == "assistant" and kind in ("tool_use", "function_call"):
+                continue  # the same calls travel in tool_calls
             else:
                 raise UnsupportedParameter(
                     f"message content of type {kind!r} is not supported: xnb's models take text only",
@@ -148,10 +151,18 @@ class ChatCompletionRequest(_OpenAIBody):
 
     def to_generate(self) -> GenerateRequest:
         schema = _response_schema(self.response_format)
+        tools = validate_tools(self.tools) if self.tools else None
+        choice = resolve_tool_choice(self.tool_choice, tools) if tools else "none"
+        if tools and choice != "none" and schema is not None:
+            raise UnsupportedParameter(
+                "response_format json_schema/json_object cannot be combined with tool calls; "
+                "use tool_choice none, or describe the answer as a tool",
+                param="response_format",
+            )
         params = self.sampling(self.max_completion_tokens or self.max_tokens, json_schema=schema)
         return GenerateRequest(
-            kind="chat", messages=normalize_messages(self.messages), tools=self.tools or None,
-            tool_choice=self.tool_choice, n=self.n, params=params,
+            kind="chat", messages=normalize_messages(self.messages), tools=tools, tool_choice=choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False, n=self.n, params=params,
         )
 
 
@@ -220,6 +231,7 @@ def _response_schema(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
         schema = spec.get("schema") or {}
         if not schema:
             return {}
+        check_schema(schema, strict=bool(spec.get("strict")), param="response_format")
         return schema
     raise InvalidRequest(
         f"response_format.type must be text, json_object or json_schema, not {kind!r}",

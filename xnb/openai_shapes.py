@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from xnb.tools import ToolCallStream, parse_tool_calls
+
 __all__ = [
     "new_id",
     "chat_completion",
@@ -54,23 +56,28 @@ def _finish(reason: str | None) -> str | None:
     return "stop" if reason == "abort" else reason
 
 
+def _chat_choice(i: int, text: str, reason: str | None, tool_mode: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    finish = _finish(reason) or "stop"
+    calls = parse_tool_calls(text) if tool_mode else None
+    if calls:
+        message["content"] = None
+        message["tool_calls"] = calls
+        finish = "tool_calls" if finish == "stop" else finish
+    return {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+
+
 def chat_completion(
     *, id: str, model: str, created: int, choices: list[tuple[str, str | None]], usage: dict[str, int],
+    tool_mode: bool = False,
 ) -> dict[str, Any]:
+    """A chat completion; with ``tool_mode`` outputs that are calls become ``tool_calls``."""
     return {
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": _finish(reason) or "stop",
-            }
-            for i, (text, reason) in enumerate(choices)
-        ],
+        "choices": [_chat_choice(i, text, reason, tool_mode) for i, (text, reason) in enumerate(choices)],
         "usage": usage,
         "system_fingerprint": None,
     }
@@ -169,10 +176,12 @@ def model_object(record: dict[str, Any]) -> dict[str, Any]:
 class ChunkBuilder:
     """Turns pulled neutral deltas into OpenAI stream chunks for one request."""
 
-    def __init__(self, *, kind: str, model: str, include_usage: bool = False) -> None:
+    def __init__(self, *, kind: str, model: str, include_usage: bool = False, tool_mode: bool = False) -> None:
         self.kind = kind
         self.model = model
         self.include_usage = include_usage
+        self.tool_mode = tool_mode
+        self._tools: dict[int, ToolCallStream] = {}
         self.id = new_id("chatcmpl" if kind == "chat" else "cmpl")
         self.created = int(time.time())
         self._started: set[int] = set()
@@ -181,16 +190,19 @@ class ChunkBuilder:
         out = []
         for index, text, reason in deltas:
             if self.kind == "chat":
-                delta: dict[str, Any] = {}
+                pieces: list[dict[str, Any]]
+                if self.tool_mode:
+                    stream = self._tools.setdefault(index, ToolCallStream())
+                    pieces = stream.feed(text) if text else []
+                    if stream.called and reason == "stop":
+                        reason = "tool_calls"
+                else:
+                    pieces = [{"content": text}] if text else []
                 if index not in self._started:
                     self._started.add(index)
-                    delta["role"] = "assistant"
-                    delta["content"] = text
-                elif text:
-                    delta["content"] = text
-                if not delta and not reason:
-                    continue
-                if delta or not reason:
+                    first = pieces.pop(0) if pieces and "content" in pieces[0] else {"content": ""}
+                    pieces.insert(0, {"role": "assistant", **first})
+                for delta in pieces:
                     out.append(chat_chunk(id=self.id, model=self.model, created=self.created,
                                           index=index, delta=delta))
                 if reason:

@@ -97,8 +97,11 @@ class GenerateRequest(BaseModel):
     kind: Literal["chat", "completion"]
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="validated tools (xnb.tools.validate_tools)"
+    )
+    tool_choice: str = Field(default="auto", description="none, auto, required or a function name")
+    parallel_tool_calls: bool = True
     n: int = Field(default=1, ge=1, le=16)
     echo: bool = False
     params: SamplingParams = Field(default_factory=SamplingParams)

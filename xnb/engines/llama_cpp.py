@@ -28,6 +28,7 @@ from xnb.engines.base import (
     StopChecker,
 )
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
+from xnb.tools import prepare_messages, tools_grammar
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions"]
 
@@ -93,7 +94,7 @@ class LlamaCppEngine(Engine):
     can_constrain = True
     supported_params = BASE_PARAMS | {
         "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
-        "logit_bias", "grammar", "json_schema", "ignore_eos", "n",
+        "logit_bias", "grammar", "json_schema", "ignore_eos", "n", "tools",
     }
     requires = ("llama_cpp",)
     Options = LlamaCppOptions
@@ -216,7 +217,13 @@ class LlamaCppEngine(Engine):
                 "register the model with a chat_template",
                 param="messages",
             )
-        return self.template.render(request.messages or [], tools=request.tools)
+        messages, template_tools = request.messages or [], None
+        if request.tools:
+            messages, template_tools = prepare_messages(
+                messages, request.tools, request.tool_choice, request.parallel_tool_calls,
+                template_knows_tools=self.template.knows_tools,
+            )
+        return self.template.render(messages, tools=template_tools)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         bos_text = self.template.bos_token if self.template else ""
@@ -238,7 +245,10 @@ class LlamaCppEngine(Engine):
                 param="messages" if request.kind == "chat" else "prompt",
             )
         params = request.params
-        grammar = self._grammar(params.grammar, params.json_schema)
+        if request.tools:
+            grammar = tools_grammar(request.tools, request.tool_choice, request.parallel_tool_calls)
+        else:
+            grammar = self._grammar(params.grammar, params.json_schema)
         group = SequenceGroup(sink, request.n, len(tokens))
         stops = list(dict.fromkeys([*params.stop, *self.spec.stop]))
         seqs = []

@@ -16,9 +16,11 @@ Importing this package imports nothing heavy; each part is imported when used.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
-__all__ = ["_jupyter_server_extension_points", "load_ipython_extension", "panel"]
+__all__ = ["_jupyter_server_extension_points", "load_ipython_extension", "panel", "api_url"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
@@ -40,3 +42,23 @@ def panel(client: Any = None, **kwargs: Any) -> Any:
     from xnb.jupyter.widgets import panel as make
 
     return make(client, **kwargs)
+
+
+def api_url(settings: Any = None) -> str:
+    """Base URL of the OpenAI-compatible API (append ``/v1``) for the cluster in use.
+
+    ``XNB_API_URL`` (set for kernels by the Jupyter extension), else the
+    ``api_url`` in the runtime file of the cluster running on this machine,
+    else ``http://XNB_HOST:XNB_PORT`` (``xnb local``'s default).  Behind
+    JupyterHub, use ``<your Jupyter URL>/xnb/v1`` with your Jupyter token instead.
+    """
+    if os.environ.get("XNB_API_URL"):
+        return os.environ["XNB_API_URL"].rstrip("/")
+    from xnb.settings import XnbSettings
+
+    settings = settings or XnbSettings()
+    try:
+        url = json.loads(settings.runtime_file.read_text()).get("api_url")
+    except (OSError, ValueError):
+        url = None
+    return (url or f"http://{settings.host}:{settings.port}").rstrip("/")

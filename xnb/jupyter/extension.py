@@ -227,7 +227,10 @@ class XnbExtension(ExtensionApp):
             from xnb.cluster import remove_runtime_file
 
             remove_runtime_file(self._xnb_settings)
-            await loop.run_in_executor(None, self._cluster.close)
+            try:
+                await loop.run_in_executor(None, self._cluster.close)
+            except Exception as exc:  # best effort at shutdown (e.g. workers already killed by Ctrl-C)
+                self.log.warning("xnb: closing the embedded cluster: %s: %s", type(exc).__name__, exc)
             self._cluster = None
         for name, value in self._env_before.items():
             if value is None:

@@ -1,0 +1,341 @@
+"""The ``%xnb`` / ``%%xnb`` magics (``%load_ext xnb``, then ``%xnb help``).
+
+They use :func:`xnb.connect` underneath (the cluster the Jupyter server
+extension runs, or one on this machine, or an embedded one) and keep, per
+kernel, a default model and one chat conversation per model.  Prompts may use
+``{name}`` to insert Python variables (``{{`` for a literal brace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import time
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from xnb.errors import XnbError
+
+__all__ = ["XnbMagics", "load_ipython_extension", "interpolate", "HELP"]
+
+HELP = """\
+%xnb — xnb models from this notebook
+
+  %xnb launch NAME [--engine E] [--format F] [--size S] [-q QUANT] [--uid UID] [--replicas N] [--no-wait]
+  %xnb list                        running models
+  %xnb terminate UID
+  %xnb catalog [TEXT] [--ability A] [--format F]
+  %xnb status                      cluster, workers, models, API address
+  %xnb use UID                     the default model of chat / complete / embed
+  %xnb embed [--model UID] VAR     embeddings of a string or list of strings (a numpy array)
+  %xnb reset [UID]                 forget the chat conversation
+  %xnb panel                       the widget panel
+  %xnb help
+
+  %%xnb chat [UID] [--system TEXT] [--max-tokens N] [--temperature T] [--out VAR]
+  PROMPT (the cell; {var} inserts a Python variable, {{ a literal brace})
+      streams the answer and keeps the conversation (per model) until %xnb reset
+
+  %%xnb complete [UID] [--max-tokens N] [--temperature T] [--out VAR]
+  TEXT TO CONTINUE
+
+Without UID, chat/complete/embed use the model set by %xnb use or the last %xnb launch,
+or the only running model that can do it.
+"""
+
+_VAR = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+
+
+def interpolate(text: str, namespace: dict[str, Any]) -> str:
+    """Replace ``{name}`` / ``{obj.attr}`` with values from ``namespace``.
+
+    ``{{`` and ``}}`` are literal braces; other braces (JSON, code) are kept as
+    they are.  An unknown name is an error that names it.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        head, *attrs = match.group(1).split(".")
+        if head not in namespace:
+            raise UsageError(f"{{{match.group(1)}}} in the prompt: no variable {head!r} in this notebook "
+                             "(write {{ and }} for literal braces)")
+        value = namespace[head]
+        for attr in attrs:
+            value = getattr(value, attr)
+        return str(value)
+
+    return _VAR.sub(replace, text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as IPython UsageErrors instead of exiting."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}  (%xnb help shows the usage)")
+
+
+def _parser(name: str) -> _Parser:
+    return _Parser(prog=f"%xnb {name}", add_help=False)
+
+
+def _generation_parser(name: str) -> _Parser:
+    p = _parser(name)
+    p.add_argument("uid", nargs="?")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--out", default=None, help="store the answer in this variable")
+    return p
+
+
+@magics_class
+class XnbMagics(Magics):
+    """``%xnb`` line magics and ``%%xnb chat|complete`` cell magics."""
+
+    def __init__(self, shell: Any, client: Any = None) -> None:
+        super().__init__(shell)
+        self._client = client
+        self.current: str | None = None
+        self.conversations: dict[str, list[dict[str, str]]] = {}
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import xnb
+
+            self._client = xnb.connect()
+            if self._client.cluster is not None:
+                print(f"xnb: no cluster was running; started one in this kernel at {self._client.scheduler_address}")
+        return self._client
+
+    @line_cell_magic
+    def xnb(self, line: str, cell: str | None = None) -> Any:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%xnb: {exc}") from None
+        if not argv:
+            print(HELP)
+            return None
+        command, args = argv[0], argv[1:]
+        commands: dict[str, Callable[[list[str], str | None], Any]] = {
+            "help": lambda a, c: print(HELP),
+            "launch": self._launch, "list": self._list, "terminate": self._terminate,
+            "catalog": self._catalog, "status": self._status, "use": self._use,
+            "embed": self._embed, "reset": self._reset, "panel": self._panel,
+            "chat": self._chat, "complete": self._complete,
+        }
+        if command not in commands:
+            raise UsageError(f"%xnb: unknown command {command!r}; %xnb help lists them")
+        try:
+            return commands[command](args, cell)
+        except XnbError as exc:
+            raise UsageError(f"{exc.message} [{exc.status} {exc.code}]") from None
+
+    def _namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
+
+    def _pick(self, uid: str | None, ability: str) -> str:
+        """The model to use: named, else the default, else the only one that can do ``ability``."""
+        if uid:
+            return uid
+        running = [m for m in self.client.list() if m["status"] in ("ready", "degraded")
+                   and ability in m["spec"]["abilities"]]
+        uids = [m["uid"] for m in running]
+        if self.current in uids:
+            return self.current  # type: ignore[return-value]
+        if len(uids) == 1:
+            return uids[0]
+        if not uids:
+            example = "all-minilm-l6-v2" if ability == "embed" else "smollm2-135m-instruct"
+            raise UsageError(f"no running model can {ability}; launch one first: %xnb launch {example}")
+        raise UsageError(f"several models can {ability} ({', '.join(uids)}); name one, or pick a default "
+                         "with %xnb use UID")
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _launch(self, args: list[str], cell: str | None) -> Any:
+        p = _parser("launch")
+        p.add_argument("name")
+        for flag in ("--engine", "--format", "--size", "--uid"):
+            p.add_argument(flag)
+        p.add_argument("-q", "--quantization")
+        p.add_argument("--replicas", type=int)
+        p.add_argument("--no-wait", action="store_true")
+        ns = p.parse_args(args)
+        last = {"line": ""}
+
+        def progress(record: dict[str, Any]) -> None:
+            parts = []
+            for r in record["replicas"]:
+                p_ = r.get("progress") or {}
+                text = r["status"]
+                if r["status"] == "downloading" and p_.get("total"):
+                    text += f" {100 * p_.get('downloaded', 0) / p_['total']:.0f}%"
+                parts.append(text)
+            line = f"{record['uid']}: {record['status']} [{', '.join(parts)}]"
+            if line != last["line"]:
+                print(line, flush=True)
+                last["line"] = line
+
+        options = {k: getattr(ns, k) for k in ("engine", "format", "size", "quantization", "uid", "replicas")}
+        model = self.client.launch(ns.name, wait=not ns.no_wait, on_progress=progress,
+                                   **{k: v for k, v in options.items() if v is not None})
+        self.current = model.uid
+        if not ns.no_wait:
+            abilities = model.record["spec"]["abilities"]
+            hint = "%%xnb chat" if "chat" in abilities else "%xnb embed VAR" if "embed" in abilities else "%%xnb complete"
+            print(f"{model.uid} is ready on {', '.join(model.record['workers'])}; try {hint}")
+        return model
+
+    def _list(self, args: list[str], cell: str | None) -> None:
+        rows = [[m["uid"], m["model_name"], m["status"], m["spec"]["engine"],
+                 f"{m['replicas_ready']}/{len(m['replicas'])}", ", ".join(m["workers"])]
+                for m in self.client.list()]
+        if not rows:
+            print("no models running; %xnb launch NAME starts one (%xnb catalog lists them)")
+            return
+        _table(rows, ["UID", "MODEL", "STATUS", "ENGINE", "READY", "WORKERS"])
+
+    def _terminate(self, args: list[str], cell: str | None) -> None:
+        p = _parser("terminate")
+        p.add_argument("uid")
+        uid = p.parse_args(args).uid
+        result = self.client.terminate(uid)
+        self.conversations.pop(uid, None)
+        if self.current == uid:
+            self.current = None
+        print(f"{uid}: {result['status']}")
+
+    def _catalog(self, args: list[str], cell: str | None) -> None:
+        p = _parser("catalog")
+        p.add_argument("text", nargs="?")
+        p.add_argument("--ability")
+        p.add_argument("--format")
+        ns = p.parse_args(args)
+        filters = {k: v for k, v in (("ability", ns.ability), ("format", ns.format)) if v}
+        rows = [[f["name"], ",".join(f["abilities"]), ",".join(f["formats"]), ",".join(f["sizes"])]
+                for f in self.client.catalog(ns.text, **filters)]
+        if not rows:
+            print("no catalog entry matches")
+            return
+        _table(rows, ["NAME", "ABILITIES", "FORMATS", "SIZES"])
+
+    def _status(self, args: list[str], cell: str | None) -> None:
+        import os
+
+        info = self.client.cluster_info()
+        print(f"scheduler: {info['scheduler']}")
+        api = os.environ.get("XNB_API_URL")
+        if api:
+            print(f"OpenAI API: {api}/v1")
+        print(f"models: {info['models']}   default model: {self.current or '-'}")
+        rows = [[w["name"], w["address"], w["status"], w["nthreads"], _gb(w["memory_used"]) + " / "
+                 + _gb(w["memory_limit"]), w["gpus"], ", ".join(f"{m['uid']}#{m['replica']}" for m in w["models"]) or "-"]
+                for w in info["workers"]]
+        _table(rows, ["WORKER", "ADDRESS", "STATUS", "CORES", "MEMORY", "GPUS", "MODELS"])
+
+    def _use(self, args: list[str], cell: str | None) -> None:
+        p = _parser("use")
+        p.add_argument("uid")
+        uid = p.parse_args(args).uid
+        self.client.get(uid)  # 404 for an unknown uid
+        self.current = uid
+        print(f"default model: {uid}")
+
+    def _embed(self, args: list[str], cell: str | None) -> Any:
+        p = _parser("embed")
+        p.add_argument("--model")
+        p.add_argument("text", nargs="+")
+        ns = p.parse_args(args)
+        ns_user = self._namespace()
+        first = ns.text[0]
+        if len(ns.text) == 1 and first.split(".")[0] in ns_user:
+            value = interpolate("{" + first + "}", ns_user) if "." in first else ns_user[first]
+        else:
+            value = interpolate(" ".join(ns.text), ns_user)
+        if isinstance(value, str):
+            texts: Any = value
+        else:
+            texts = [str(t) for t in value]
+        return self.client.get(self._pick(ns.model, "embed")).embed(texts)
+
+    def _reset(self, args: list[str], cell: str | None) -> None:
+        if args:
+            self.conversations.pop(args[0], None)
+        else:
+            self.conversations.clear()
+        print("conversation cleared")
+
+    def _panel(self, args: list[str], cell: str | None) -> Any:
+        from xnb.jupyter.widgets import Panel
+
+        return Panel(self.client)
+
+    def _chat(self, args: list[str], cell: str | None) -> None:
+        if cell is None:
+            raise UsageError("chat is a cell magic: %%xnb chat [UID] on the first line, the prompt below")
+        p = _generation_parser("chat")
+        p.add_argument("--system")
+        ns = p.parse_args(args)
+        uid = self._pick(ns.uid, "chat")
+        prompt = interpolate(cell.strip(), self._namespace())
+        if not prompt:
+            raise UsageError("the prompt (the cell below %%xnb chat) is empty")
+        history = self.conversations.setdefault(uid, [])
+        if ns.system is not None:
+            history[:] = [m for m in history if m["role"] != "system"]
+            history.insert(0, {"role": "system", "content": interpolate(ns.system, self._namespace())})
+        messages = [*history, {"role": "user", "content": prompt}]
+        answer = self._stream(uid, "chat", messages, ns)
+        history[:] = [*messages, {"role": "assistant", "content": answer}]
+
+    def _complete(self, args: list[str], cell: str | None) -> None:
+        if cell is None:
+            raise UsageError("complete is a cell magic: %%xnb complete [UID] on the first line, the text below")
+        ns = _generation_parser("complete").parse_args(args)
+        uid = self._pick(ns.uid, "generate")
+        self._stream(uid, "complete", interpolate(cell.rstrip("\n"), self._namespace()), ns)
+
+    def _stream(self, uid: str, kind: str, payload: Any, ns: argparse.Namespace) -> str:
+        """Print the answer as it arrives; return it (and store it with --out)."""
+        params = {k: v for k, v in (("max_tokens", ns.max_tokens), ("temperature", ns.temperature)) if v is not None}
+        model = self.client.get(uid)
+        chunks = model.chat(payload, stream=True, **params) if kind == "chat" else \
+            model.complete(payload, stream=True, **params)
+        parts: list[str] = []
+        started = time.monotonic()
+        for chunk in chunks:
+            for choice in chunk.get("choices") or []:
+                text = choice["delta"].get("content") if kind == "chat" else choice.get("text")
+                if text:
+                    parts.append(text)
+                    print(text, end="", flush=True)
+        print(flush=True)
+        answer = "".join(parts)
+        if ns.out:
+            self.shell.user_ns[ns.out] = answer
+        self.shell.user_ns["_xnb_last"] = {"uid": uid, "text": answer, "seconds": time.monotonic() - started}
+        return answer
+
+
+def _gb(n: Any) -> str:
+    return f"{(n or 0) / 2**30:.1f} GiB"
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics (``%load_ext xnb``)."""
+    ipython.register_magics(XnbMagics(ipython))

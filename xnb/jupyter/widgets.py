@@ -1,0 +1,126 @@
+"""The xnb widget panel: catalog, launch, running models, cluster and chat in one place.
+
+    import xnb.jupyter
+    xnb.jupyter.panel()          # or %xnb panel
+
+Widget messages are not processed while a cell runs, so nothing here blocks
+the kernel: launches (with their progress), chat streams and the periodic
+refresh run in background threads that update the widgets directly.  One
+panel per kernel refreshes itself (every ``refresh_s``); an older panel stops
+refreshing when a newer one is created (its Refresh button still works).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+import ipywidgets as w
+
+from xnb.errors import XnbError
+from xnb.jupyter.views import CatalogView, ChatBox, ClusterView, LaunchForm, ModelsView
+
+__all__ = ["Panel", "panel"]
+
+logger = logging.getLogger(__name__)
+
+_live_panels: "weakref.WeakSet[Panel]" = weakref.WeakSet()
+
+
+class Panel(w.VBox):
+    """Everything xnb in one widget.  ``client`` defaults to :func:`xnb.connect`."""
+
+    def __init__(self, client: Any = None, *, refresh_s: float = 2.0, auto_refresh: bool = True) -> None:
+        if client is None:
+            import xnb
+
+            client = xnb.connect()
+        self.client = client
+        self.refresh_s = refresh_s
+        self.status = w.HTML(layout=w.Layout(flex="1"))
+        self.status.add_class("xnb-status")
+        refresh = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="110px"))
+        refresh.add_class("xnb-refresh")
+        refresh.on_click(lambda _: self.background(self.refresh))
+        header = w.HBox([w.HTML(f"<b>xnb</b> &nbsp;<code>{html.escape(client.scheduler_address)}</code>"),
+                         self.status, refresh])
+        self.models = ModelsView(self)
+        self.launch_form = LaunchForm(self)
+        self.catalog = CatalogView(self)
+        self.cluster = ClusterView(self)
+        self.chat = ChatBox(self)
+        self.tabs = w.Tab(children=[self.models, self.launch_form, self.catalog, self.cluster, self.chat])
+        self.tabs.titles = ("Models", "Launch", "Catalog", "Cluster", "Chat")
+        super().__init__([header, self.tabs])
+        self.add_class("xnb-panel")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh(catalog=True)
+        if auto_refresh:
+            for other in list(_live_panels):
+                other.stop_refreshing()
+            _live_panels.add(self)
+            self._thread = threading.Thread(target=self._refresh_loop, name="xnb-panel-refresh", daemon=True)
+            self._thread.start()
+
+    # -- background work -------------------------------------------------------------------------
+
+    def background(self, fn: Callable[..., Any], *args: Any) -> threading.Thread:
+        """Run ``fn`` in a thread; an XnbError shows in the status line instead of vanishing."""
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except XnbError as exc:
+                self.set_status(f"{exc.message}", error=True)
+            except Exception as exc:  # a widget callback must never die silently: show and log it
+                logger.exception("xnb panel: %s failed", getattr(fn, "__name__", fn))
+                self.set_status(f"{type(exc).__name__}: {exc}", error=True)
+
+        thread = threading.Thread(target=run, name="xnb-panel-work", daemon=True)
+        thread.start()
+        return thread
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        color = "#b00020" if error else "#555"
+        self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+    def refresh(self, *, catalog: bool = False) -> None:
+        """Re-read models and cluster (and the catalog when asked); safe from any thread."""
+        records = self.client.list()
+        self.models.update(records)
+        self.chat.update_models(records)
+        self.cluster.update(self.client.cluster_info())
+        if catalog:
+            rows = self.client.catalog()
+            self.catalog.set_rows(rows)
+            self.launch_form.set_catalog(rows)
+        self.set_status(f"{len(records)} model(s) · updated {time.strftime('%H:%M:%S')}")
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except XnbError as exc:
+                self.set_status(exc.message, error=True)
+            except Exception as exc:  # keep refreshing after a transient failure; say what happened
+                logger.warning("xnb panel refresh failed: %s", exc)
+                self.set_status(f"refresh failed: {type(exc).__name__}: {exc}", error=True)
+
+    def stop_refreshing(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop_refreshing()
+        for view in (self.models, self.launch_form, self.catalog, self.cluster, self.chat):
+            view.close()
+        super().close()
+
+
+def panel(client: Any = None, **kwargs: Any) -> Panel:
+    """The xnb panel (see :class:`Panel`)."""
+    return Panel(client, **kwargs)
