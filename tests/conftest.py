@@ -4,18 +4,21 @@ with the real packaged models.  Everything binds 127.0.0.1; no model hub is used
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import httpx
+import openai
 import pytest
+from support import ADMIN_KEY, INFERENCE_KEY, MINILM, SMOL, free_port, wait_until  # noqa: F401
 
 from xnb.client import Client
 from xnb.cluster import start_local_cluster
 from xnb.settings import XnbSettings
-
-SMOL = "smollm2-135m-instruct"
-MINILM = "all-minilm-l6-v2"
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +51,50 @@ def smol(client: Client):
         client.terminate("smol")
     except Exception:  # already terminated by a test, or the cluster is gone
         pass
+
+
+@pytest.fixture(scope="session")
+def sidecar(cluster, smol, xnb_settings: XnbSettings) -> Iterator[str]:
+    """`xnb serve` as a real process against the session cluster, with API keys."""
+    port = free_port()
+    env = {**os.environ, "XNB_API_KEYS": INFERENCE_KEY, "XNB_ADMIN_API_KEYS": ADMIN_KEY,
+           "XNB_HOME": str(xnb_settings.home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xnb.cli", "serve", "--scheduler", cluster.scheduler_address,
+         "--port", str(port), "--max-queue", "64"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"sidecar exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            return httpx.get(url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 60, "the sidecar's /health")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def oai(sidecar: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sidecar + "/v1", api_key=INFERENCE_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def admin(sidecar: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sidecar, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def http(sidecar: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sidecar, headers={"Authorization": f"Bearer {INFERENCE_KEY}"}, timeout=120) as c:
+        yield c

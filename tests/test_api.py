@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from typing import Any, Iterator
 
@@ -23,73 +19,7 @@ from xnb.api import create_app
 from xnb.api.auth import required_scope
 from xnb.settings import XnbSettings
 
-SMOL = "smollm2-135m-instruct"
-
-INFERENCE_KEY = "sk-inference-test"
-ADMIN_KEY = "sk-admin-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture(scope="session")
-def sidecar(cluster, smol, xnb_settings: XnbSettings) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "XNB_API_KEYS": INFERENCE_KEY, "XNB_ADMIN_API_KEYS": ADMIN_KEY,
-           "XNB_HOME": str(xnb_settings.home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xnb.cli", "serve", "--scheduler", cluster.scheduler_address,
-         "--port", str(port), "--max-queue", "64"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"sidecar exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, 60, "the sidecar's /health")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="session")
-def oai(sidecar: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sidecar + "/v1", api_key=INFERENCE_KEY, max_retries=0)
-
-
-@pytest.fixture(scope="session")
-def admin(sidecar: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sidecar, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-def http(sidecar: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sidecar, headers={"Authorization": f"Bearer {INFERENCE_KEY}"}, timeout=120) as c:
-        yield c
-
+from support import ADMIN_KEY, INFERENCE_KEY, SMOL, wait_until
 
 def launch_via_api(admin: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
     """POST /xnb/v1/models (202) and long-poll the status URL until ready."""

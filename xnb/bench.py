@@ -24,6 +24,7 @@ Used by ``xnb bench`` (:mod:`xnb.cli.bench`), ``benchmarks/serve.py`` and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import platform
@@ -256,7 +257,7 @@ class RequestResult:
 
 def inter_token_latencies(chunk_times: Sequence[float]) -> list[float]:
     """Gaps between consecutive output chunks (the first chunk's wait is TTFT, not ITL)."""
-    return [b - a for a, b in zip(chunk_times, chunk_times[1:])]
+    return [b - a for a, b in itertools.pairwise(chunk_times)]
 
 
 def percentile(values: Iterable[float], p: float) -> float:
@@ -346,8 +347,7 @@ class BenchConfig:
 
     @property
     def root(self) -> str:
-        url = self.base_url.rstrip("/")
-        return url[: -len("/v1")] if url.endswith("/v1") else url
+        return self.base_url.rstrip("/").removesuffix("/v1")
 
     @property
     def chat_url(self) -> str:
@@ -408,6 +408,9 @@ async def stream_chat(client: httpx.AsyncClient, config: BenchConfig, prompt: Pr
                     except ValueError:
                         res.error = f"bad SSE data: {data[:200]}"
                         return res
+                    if not isinstance(event, dict):
+                        res.error = f"bad SSE data: {data[:200]}"
+                        return res
                     if "error" in event:
                         res.error = f"error event: {_error_text(event)}"
                         return res
@@ -425,7 +428,7 @@ async def stream_chat(client: httpx.AsyncClient, config: BenchConfig, prompt: Pr
 
 
 async def discover_model(base_url: str, api_key: str | None = None, *, timeout: float = 10.0) -> str:
-    """The first model ``GET /v1/models`` lists."""
+    """The first model ``GET /v1/models`` lists (on xnb: the first ready one that can chat)."""
     config = BenchConfig(base_url=base_url, api_key=api_key)
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
@@ -435,9 +438,12 @@ async def discover_model(base_url: str, api_key: str | None = None, *, timeout: 
     if resp.status_code != 200:
         raise BenchError(f"GET {config.root}/v1/models answered {resp.status_code}: {resp.text[:200]}")
     data = resp.json().get("data") or []
-    if not data:
+    # xnb lists its models' abilities and status: prefer a ready one that can chat.
+    chat = [m for m in data if "chat" in (m.get("xnb") or {}).get("abilities", ["chat"])
+            and (m.get("xnb") or {}).get("status", "ready") in ("ready", "degraded")]
+    if not (chat or data):
         raise BenchError(f"{config.root} serves no models; pass --model or launch one")
-    return str(data[0]["id"])
+    return str((chat or data)[0]["id"])
 
 
 # -- a benchmark run ---------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "tools_system_prompt",
     "parse_tool_calls",
     "ToolCallStream",
+    "auto_choice",
 ]
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -151,6 +152,40 @@ def resolve_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> str:
         return name
     raise InvalidRequest("tool_choice must be none, auto, required or {\"type\": \"function\", ...}",
                          param="tool_choice")
+
+
+_GENERIC = {"get", "set", "do", "run", "call", "make", "tool", "function", "the", "and", "for", "with",
+            "from", "into", "this", "that", "what", "which", "your", "input", "value", "data"}
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD_RE.findall(re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()))
+
+
+def auto_choice(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    """``tool_choice="auto"`` decided by relevance, for models too small to decide it well.
+
+    After a tool result the model answers freely (``"auto"``).  Otherwise, if the
+    latest user message names a tool, or shares a distinctive word with a tool's
+    name (``weather`` for ``get_weather``), that tool is called (several: any of
+    them, ``"required"``); else the model decides (``"auto"``).  Chosen per model
+    in the catalog (``tool_auto: "relevance"``); the default is the model's choice.
+    """
+    if not messages or messages[-1]["role"] in ("tool", "assistant"):
+        return "auto"
+    user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    text = user.lower()
+    said = _words(user)
+    hits = []
+    for tool in tools:
+        name = tool["name"]
+        parts = {w for w in _words(name.replace("_", " ").replace("-", " ")) if len(w) >= 3} - _GENERIC
+        if name.lower() in text or (parts and parts & said):
+            hits.append(name)
+    if len(hits) == 1:
+        return hits[0]
+    return "required" if hits else "auto"
 
 
 def _one_call(tool: dict[str, Any]) -> dict[str, Any]:

@@ -244,6 +244,7 @@ class Catalog:
             chat_template=family.chat_template,
             stop=list(family.stop),
             dimensions=family.dimensions,
+            tool_auto=family.tool_auto,
             engine_options=options.model_dump(exclude_defaults=True),
         )
 

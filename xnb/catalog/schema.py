@@ -120,6 +120,11 @@ class ModelFamily(_Strict):
     )
     stop: list[str] = Field(default_factory=list)
     dimensions: int | None = Field(default=None, description="embedding size (embed models)")
+    tool_auto: Literal["model", "relevance"] = Field(
+        default="model",
+        description="how tool_choice=auto decides: the model (grammar lets it call or answer) or, "
+        "for models too small to decide, by relevance of the tools to the request",
+    )
     builtin: bool = Field(default=False, exclude=True)
 
     @field_validator("name")
@@ -170,6 +175,7 @@ class LaunchSpec(_Strict):
     chat_template: str | None = None
     stop: list[str] = Field(default_factory=list)
     dimensions: int | None = None
+    tool_auto: Literal["model", "relevance"] = "model"
     engine_options: dict[str, Any] = Field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from xnb.engines.base import (
     StopChecker,
 )
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
-from xnb.tools import prepare_messages, tools_grammar
+from xnb.tools import auto_choice, prepare_messages, tools_grammar
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions"]
 
@@ -234,6 +234,8 @@ class LlamaCppEngine(Engine):
         from xnb.engines.llama_batch import Sequence, SequenceGroup, build_sampler
 
         self.check_params(request)
+        if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
+            request = request.model_copy(update={"tool_choice": auto_choice(request.messages or [], request.tools)})
         text = self.prompt_text(request)
         tokens = self.tokenize_prompt(text)
         if not tokens:

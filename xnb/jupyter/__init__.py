@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["_jupyter_server_extension_points", "load_ipython_extension", "panel", "api_url"]
+__all__ = ["_jupyter_server_extension_points", "api_url", "load_ipython_extension", "panel"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -19,11 +19,12 @@ is needed only when the model lives on another cluster than the tasks.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["embed_partition", "embed_bag", "chat_partition"]
+__all__ = ["chat_partition", "embed_bag", "embed_partition"]
 
 _lock = threading.Lock()
 _managers: dict[tuple[str, str | None], Any] = {}

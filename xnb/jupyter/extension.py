@@ -39,7 +39,7 @@ from traitlets import Bool, Int, Unicode
 
 from xnb.jupyter.handlers import MANAGER_KEY, STATE_KEY, XnbState, default_handlers
 
-__all__ = ["XnbExtension", "KERNEL_ENV_VARS"]
+__all__ = ["KERNEL_ENV_VARS", "XnbExtension"]
 
 #: Environment variables the extension sets for the kernels this server starts.
 KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL")
@@ -128,6 +128,7 @@ class XnbExtension(ExtensionApp):
                     )
                 address = await self._start_embedded(settings)
             self.state.scheduler_address = address
+            self._set_kernel_env(XNB_SCHEDULER_ADDRESS=address)  # kernels started from now on
             self.log.info("xnb: using the Dask scheduler at %s%s", address,
                           " (embedded)" if self.state.embedded else "")
             await self._connect(address, settings)
@@ -138,7 +139,7 @@ class XnbExtension(ExtensionApp):
             self.log.info("xnb: ready%s", f"; OpenAI API at {self.state.sidecar.url}/v1" if self.state.sidecar else "")
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # startup must never take Jupyter down: record why, serve 503s
+        except Exception as exc:
             self.log.exception("xnb: the extension could not start")
             self.state.status = "error"
             self.state.error = f"{type(exc).__name__}: {exc}"
@@ -190,13 +191,16 @@ class XnbExtension(ExtensionApp):
             from xnb.cluster import write_runtime_file
 
             write_runtime_file(settings, address, api_url=api_url, jupyter_pid=os.getpid())
-        if self.set_kernel_env:
-            values = {"XNB_SCHEDULER_ADDRESS": address, "XNB_API_URL": api_url}
-            for name, value in values.items():
-                if value is None:
-                    continue
-                self._env_before.setdefault(name, os.environ.get(name))
-                os.environ[name] = value
+        if api_url is not None:
+            self._set_kernel_env(XNB_API_URL=api_url)
+
+    def _set_kernel_env(self, **values: str) -> None:
+        """Kernels inherit the server's environment: put the cluster's whereabouts there."""
+        if not self.set_kernel_env:
+            return
+        for name, value in values.items():
+            self._env_before.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -210,7 +214,7 @@ class XnbExtension(ExtensionApp):
             # Cancelling does not stop a cluster half-started in its thread: wait for it, then close it.
             try:
                 self._cluster = await asyncio.wait_for(asyncio.shield(self._cluster_future), 120)
-            except Exception as exc:  # it failed to start: nothing to close
+            except Exception as exc:  # noqa: BLE001 - it failed to start (logged at startup): nothing to close
                 self.log.warning("xnb: the embedded cluster did not start: %s", exc)
         self.serverapp.web_app.settings[MANAGER_KEY] = None
         self.state.manager = None
@@ -229,7 +233,7 @@ class XnbExtension(ExtensionApp):
             remove_runtime_file(self._xnb_settings)
             try:
                 await loop.run_in_executor(None, self._cluster.close)
-            except Exception as exc:  # best effort at shutdown (e.g. workers already killed by Ctrl-C)
+            except Exception as exc:  # noqa: BLE001 - best effort at shutdown (workers killed by Ctrl-C)
                 self.log.warning("xnb: closing the embedded cluster: %s: %s", type(exc).__name__, exc)
             self._cluster = None
         for name, value in self._env_before.items():

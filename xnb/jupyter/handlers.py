@@ -18,24 +18,33 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
+from tornado.httputil import responses
 from tornado.iostream import StreamClosedError
 
 from xnb.errors import ClusterUnavailable, InvalidRequest, QueueFull, XnbError
 
-__all__ = ["XnbState", "default_handlers", "STATE_KEY", "MANAGER_KEY"]
+__all__ = ["MANAGER_KEY", "STATE_KEY", "XnbState", "default_handlers"]
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "xnb_state"
 MANAGER_KEY = "xnb_manager"
 AUTH_RESOURCE = "xnb"
+
+_HTTP_ERRORS = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+}
 
 #: Response headers of the sidecar passed on to the caller.
 _PASS_HEADERS = ("retry-after", "cache-control", "x-request-id", "location")
@@ -69,7 +78,10 @@ class XnbState:
     def http(self) -> httpx.AsyncClient:
         """One HTTP client for the proxy, created on the server's loop."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+            # No read timeout (a generation may pause); no cap on connections (the sidecar
+            # applies its own queue limits and answers 429).
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0),
+                                           limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
         return self._http
 
     async def aclose(self) -> None:
@@ -95,7 +107,7 @@ def _openai_errors(method: Handler) -> Handler:
     """Render XnbErrors as OpenAI error objects with their own status."""
 
     @functools.wraps(method)
-    async def wrapper(self: "XnbHandler", *args: Any, **kwargs: Any) -> None:
+    async def wrapper(self: XnbHandler, *args: Any, **kwargs: Any) -> None:
         try:
             await method(self, *args, **kwargs)
         except XnbError as exc:
@@ -132,6 +144,18 @@ class XnbHandler(APIHandler):
             self.set_header("Retry-After", str(exc.retry_after))
         self.finish(json.dumps(exc.openai_body()))
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado/Jupyter errors (403 unauthenticated, 405, an unexpected 500) as OpenAI error objects too."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = responses.get(status_code, "error")
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "internal server error; the Jupyter server log has the details"
+        kind, code = _HTTP_ERRORS.get(status_code, ("server_error", "http_error"))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}))
+
     def json_body(self) -> Any:
         try:
             return json.loads(self.request.body or b"null")
@@ -153,9 +177,19 @@ class XnbHandler(APIHandler):
 
 
 class StatusHandler(XnbHandler):
+    """Startup status, scheduler, and the sidecar (with a quick ``/health`` probe)."""
+
     @_endpoint
     async def get(self) -> None:
-        self.reply(self.state.describe())
+        status = self.state.describe()
+        sidecar = self.state.sidecar
+        if sidecar is not None:
+            try:
+                r = await self.state.http().get(f"{sidecar.url}/health", timeout=2.0)
+                status["sidecar"]["healthy"] = r.status_code == 200
+            except httpx.HTTPError:
+                status["sidecar"]["healthy"] = False
+        self.reply(status)
 
 
 class ModelsHandler(XnbHandler):
@@ -165,7 +199,9 @@ class ModelsHandler(XnbHandler):
 
     @_endpoint
     async def post(self) -> None:
-        from xnb.api.admin import LaunchBody  # the sidecar's launch schema: one definition
+        from xnb.api.admin import (
+            LaunchBody,  # the sidecar's launch schema: one definition
+        )
         from xnb.openai_requests import parse_request
 
         body = parse_request(LaunchBody, self.json_body())

@@ -12,14 +12,15 @@ import argparse
 import re
 import shlex
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from xnb.errors import XnbError
 
-__all__ = ["XnbMagics", "load_ipython_extension", "interpolate", "HELP"]
+__all__ = ["HELP", "XnbMagics", "interpolate", "load_ipython_extension"]
 
 HELP = """\
 %xnb — xnb models from this notebook
@@ -35,16 +36,19 @@ HELP = """\
   %xnb panel                       the widget panel
   %xnb help
 
-  %%xnb chat [UID] [--system TEXT] [--max-tokens N] [--temperature T] [--out VAR]
+  %%xnb chat [UID] [--system TEXT] [--max-tokens N (512)] [--temperature T] [--out VAR]
   PROMPT (the cell; {var} inserts a Python variable, {{ a literal brace})
       streams the answer and keeps the conversation (per model) until %xnb reset
 
-  %%xnb complete [UID] [--max-tokens N] [--temperature T] [--out VAR]
+  %%xnb complete [UID] [--max-tokens N (512)] [--temperature T] [--out VAR]
   TEXT TO CONTINUE
 
 Without UID, chat/complete/embed use the model set by %xnb use or the last %xnb launch,
 or the only running model that can do it.
 """
+
+#: Longest answer of %%xnb chat / complete unless --max-tokens says otherwise.
+DEFAULT_MAX_TOKENS = 512
 
 _VAR = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
 
@@ -86,7 +90,7 @@ def _parser(name: str) -> _Parser:
 def _generation_parser(name: str) -> _Parser:
     p = _parser(name)
     p.add_argument("uid", nargs="?")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--out", default=None, help="store the answer in this variable")
     return p
@@ -228,13 +232,11 @@ class XnbMagics(Magics):
         _table(rows, ["NAME", "ABILITIES", "FORMATS", "SIZES"])
 
     def _status(self, args: list[str], cell: str | None) -> None:
-        import os
+        from xnb.jupyter import api_url
 
         info = self.client.cluster_info()
         print(f"scheduler: {info['scheduler']}")
-        api = os.environ.get("XNB_API_URL")
-        if api:
-            print(f"OpenAI API: {api}/v1")
+        print(f"OpenAI API (if a sidecar runs): {api_url()}/v1")
         print(f"models: {info['models']}   default model: {self.current or '-'}")
         rows = [[w["name"], w["address"], w["status"], w["nthreads"], _gb(w["memory_used"]) + " / "
                  + _gb(w["memory_limit"]), w["gpus"], ", ".join(f"{m['uid']}#{m['replica']}" for m in w["models"]) or "-"]

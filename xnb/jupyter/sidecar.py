@@ -1,17 +1,22 @@
 """The API sidecar as a supervised child process of the Jupyter server.
 
-``python -m xnb.cli serve --scheduler ADDR --host 127.0.0.1 --port P`` runs
-in its own process, so a crash there never takes Jupyter down.  A watchdog
-thread waits on the process; when it exits without being asked to, it is
-started again on the same port after a backoff (0.5 s doubling to 30 s; back
-to 0.5 s once a run lasted a minute).  Nothing here touches an event loop, so
-it can be stopped from any thread or loop.
+``xnb serve --scheduler ADDR --host 127.0.0.1 --port P`` runs in its own
+process, so a crash there never takes Jupyter down.  A watchdog thread waits on
+the process; when it exits without being asked to, it is started again on the
+same port after a backoff (0.5 s doubling to 30 s; back to 0.5 s once a run
+lasted a minute).  Nothing here touches an event loop, so it can be stopped
+from any thread or loop.
+
+The child runs as ``python -m xnb.jupyter.sidecar PARENT_PID serve ...``: that
+is ``xnb serve ...`` plus a thread that stops it when its parent is gone, so a
+Jupyter server killed with SIGKILL leaves no sidecar holding the port behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,13 +24,15 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["SidecarProcess", "free_port"]
+__all__ = ["SidecarProcess", "free_port", "main"]
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_RUN_S = 60.0
+ORPHAN_CHECK_S = 1.0
+ORPHAN_GRACE_S = 15.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,7 +84,7 @@ class SidecarProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "xnb.cli", "serve",
+            sys.executable, "-m", "xnb.jupyter.sidecar", str(os.getpid()), "serve",
             "--scheduler", self.scheduler_address,
             "--host", self.host,
             "--port", str(self.port),
@@ -148,3 +155,29 @@ class SidecarProcess:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
         }
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Stop this process (SIGTERM, then for good) once ``parent`` is no longer its parent."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    logger.warning("the Jupyter server (pid %s) is gone; stopping the xnb sidecar", parent)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m xnb.jupyter.sidecar PARENT_PID ARGS...``: ``xnb ARGS...`` that ends with its parent."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or not args[0].isdigit():
+        raise SystemExit("usage: python -m xnb.jupyter.sidecar PARENT_PID serve [xnb serve options]")
+    threading.Thread(target=_exit_with_parent, args=(int(args[0]),), name="xnb-parent-watch", daemon=True).start()
+    from xnb.cli import main as xnb_main
+
+    sys.argv = ["xnb", *args[1:]]
+    xnb_main()
+
+
+if __name__ == "__main__":
+    main()

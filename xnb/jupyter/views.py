@@ -14,9 +14,10 @@ from typing import Any
 
 import ipywidgets as w
 
-__all__ = ["CatalogView", "LaunchForm", "ModelsView", "ClusterView", "ChatBox", "launch_progress"]
+__all__ = ["CatalogView", "ChatBox", "ClusterView", "LaunchForm", "ModelsView", "launch_progress"]
 
 READY = ("ready", "degraded")
+DEFAULT_MODEL = "smollm2-135m-instruct"  # preselected in the launch form: it needs no download
 
 
 def _engines(client: Any, name: str) -> list[dict[str, Any]]:
@@ -50,6 +51,20 @@ def _placed(models: list[dict[str, Any]]) -> str:
 
 def _options(values: set[str] | list[str], any_label: str = "any") -> list[tuple[str, str]]:
     return [(any_label, "")] + [(v, v) for v in sorted(values)]
+
+
+def _set_options(widget: Any, options: list[Any], prefer: Any = None) -> None:
+    """Replace a selection widget's options, keeping its value if still offered, else
+    ``prefer`` if offered, else the first option (ipywidgets would leave it empty)."""
+    current = widget.value
+    widget.options = options
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    for candidate in (current, prefer):
+        if candidate is not None and candidate in values:
+            widget.value = candidate
+            return
+    if values:
+        widget.value = values[0]
 
 
 def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
@@ -95,9 +110,9 @@ class CatalogView(w.VBox):
 
     def set_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
-        self.ability.options = _options({a for r in rows for a in r["abilities"]})
-        self.format.options = _options({f for r in rows for f in r["formats"]})
-        self.size.options = _options({s for r in rows for s in r["sizes"]})
+        _set_options(self.ability, _options({a for r in rows for a in r["abilities"]}))
+        _set_options(self.format, _options({f for r in rows for f in r["formats"]}))
+        _set_options(self.size, _options({s for r in rows for s in r["sizes"]}))
         self.apply_filter()
 
     def filtered(self) -> list[dict[str, Any]]:
@@ -164,21 +179,18 @@ class LaunchForm(w.VBox):
 
     def set_catalog(self, rows: list[dict[str, Any]]) -> None:
         self.sizes = {r["name"]: list(r["sizes"]) for r in rows}
-        current = self.model.value
-        self.model.options = sorted(self.sizes)
-        if current in self.sizes:
-            self.model.value = current
+        _set_options(self.model, sorted(self.sizes), prefer=DEFAULT_MODEL)
 
     def _model_changed(self, change: dict[str, Any]) -> None:
         name = change["new"]
-        self.size.options = _options(self.sizes.get(name, []), "auto")
+        _set_options(self.size, _options(self.sizes.get(name, []), "auto"))
         if name:
             self.panel.background(self._load_engines, name)
 
     def _load_engines(self, name: str) -> None:
         engines = sorted({e["engine"] for e in _engines(self.panel.client, name)})
         if self.model.value == name:
-            self.engine.options = _options(engines, "auto")
+            _set_options(self.engine, _options(engines, "auto"))
 
     def launch(self) -> Any:
         """Launch what the form says and follow it to ready (runs in a background thread)."""
@@ -296,7 +308,9 @@ class ChatBox(w.VBox):
         self.panel = panel
         self.histories: dict[str, list[dict[str, str]]] = {}
         self.model = w.Dropdown(options=[], description="Model")
-        self.system = w.Text(description="System", placeholder="optional system prompt", layout=w.Layout(width="60%"))
+        self.system = w.Text(description="System", placeholder="optional system prompt", layout=w.Layout(width="45%"))
+        self.max_tokens = w.BoundedIntText(value=256, min=1, max=32768, description="Max tokens",
+                                           layout=w.Layout(width="180px"))
         self.transcript = w.HTML(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd",
                                                  padding="4px"))
         self.transcript.add_class("xnb-transcript")
@@ -306,17 +320,14 @@ class ChatBox(w.VBox):
         self.clear = w.Button(description="Clear")
         self.send.on_click(lambda _: self.panel.background(self.ask, self.input.value))
         self.clear.on_click(lambda _: self.reset())
-        super().__init__([w.HBox([self.model, self.system]), self.transcript,
+        super().__init__([w.HBox([self.model, self.system, self.max_tokens]), self.transcript,
                           w.HBox([self.input, w.VBox([self.send, self.clear])])])
         self.add_class("xnb-chat")
 
     def update_models(self, records: list[dict[str, Any]]) -> None:
         uids = [r["uid"] for r in records if r["status"] in READY and "chat" in r["spec"]["abilities"]]
         if list(self.model.options) != uids:
-            current = self.model.value
-            self.model.options = uids
-            if current in uids:
-                self.model.value = current
+            _set_options(self.model, uids)
 
     def reset(self) -> None:
         self.histories.pop(self.model.value, None)
@@ -346,7 +357,7 @@ class ChatBox(w.VBox):
         answer = {"role": "assistant", "content": ""}
         try:
             shown = 0.0
-            for chunk in self.panel.client.get(uid).chat(messages, stream=True):
+            for chunk in self.panel.client.get(uid).chat(messages, stream=True, max_tokens=self.max_tokens.value):
                 for choice in chunk.get("choices") or []:
                     answer["content"] += choice["delta"].get("content") or ""
                 if time.monotonic() - shown > 0.1:  # at most ~10 widget updates a second

@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 
@@ -28,7 +29,7 @@ __all__ = ["Panel", "panel"]
 
 logger = logging.getLogger(__name__)
 
-_live_panels: "weakref.WeakSet[Panel]" = weakref.WeakSet()
+_live_panels: weakref.WeakSet[Panel] = weakref.WeakSet()
 
 
 class Panel(w.VBox):
@@ -58,6 +59,7 @@ class Panel(w.VBox):
         super().__init__([header, self.tabs])
         self.add_class("xnb-panel")
         self._stop = threading.Event()
+        self._refreshing = threading.Lock()  # the refresh thread and button/launch threads take turns
         self._thread: threading.Thread | None = None
         self.refresh(catalog=True)
         if auto_refresh:
@@ -91,14 +93,15 @@ class Panel(w.VBox):
 
     def refresh(self, *, catalog: bool = False) -> None:
         """Re-read models and cluster (and the catalog when asked); safe from any thread."""
-        records = self.client.list()
-        self.models.update(records)
-        self.chat.update_models(records)
-        self.cluster.update(self.client.cluster_info())
-        if catalog:
-            rows = self.client.catalog()
-            self.catalog.set_rows(rows)
-            self.launch_form.set_catalog(rows)
+        with self._refreshing:
+            records = self.client.list()
+            self.models.update(records)
+            self.chat.update_models(records)
+            self.cluster.update(self.client.cluster_info())
+            if catalog:
+                rows = self.client.catalog()
+                self.catalog.set_rows(rows)
+                self.launch_form.set_catalog(rows)
         self.set_status(f"{len(records)} model(s) · updated {time.strftime('%H:%M:%S')}")
 
     def _refresh_loop(self) -> None:
@@ -107,7 +110,7 @@ class Panel(w.VBox):
                 self.refresh()
             except XnbError as exc:
                 self.set_status(exc.message, error=True)
-            except Exception as exc:  # keep refreshing after a transient failure; say what happened
+            except Exception as exc:  # noqa: BLE001 - keep refreshing after a transient failure; show it
                 logger.warning("xnb panel refresh failed: %s", exc)
                 self.set_status(f"refresh failed: {type(exc).__name__}: {exc}", error=True)
 
