@@ -420,12 +420,15 @@ class BatchScheduler:
         prefilling = sorted(
             (s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at
         )
+        # Prompt chunks are capped only while others decode, so a long prompt
+        # cannot stall them; alone, a prompt goes through in as few steps as possible.
+        chunk = self.prefill_chunk if decoding else self.n_batch
         for seq in itertools.chain(decoding, prefilling):
             pending = len(seq.tokens) - seq.n_past
             room = self.n_batch - n
             if room <= 0:
                 break
-            count = min(pending, room, self.prefill_chunk if pending > 1 else 1)
+            count = min(pending, room, chunk)
             start = seq.n_past
             for j in range(count):
                 batch.token[n + j] = seq.tokens[start + j]

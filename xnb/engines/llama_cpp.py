@@ -45,8 +45,8 @@ class LlamaCppOptions(EngineOptions):
     )
     max_num_seqs: int = Field(default=4, ge=1, le=64, description="sequences decoded in one batch")
     n_batch: int = Field(default=512, ge=32, description="most tokens evaluated in one step")
-    prefill_chunk: int | None = Field(
-        default=None, ge=16, description="most prompt tokens one sequence adds per step"
+    prefill_chunk: int = Field(
+        default=128, ge=16, description="most prompt tokens a sequence adds per step while others decode"
     )
     prefix_cache: bool = Field(default=True, description="keep finished sequences' KV for prefix reuse")
     n_threads: int | None = Field(default=None, ge=1, description="default: the replica's cores")
