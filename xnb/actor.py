@@ -362,17 +362,18 @@ class ActorRef:
 
     Unlike ``distributed.Actor``, it holds no future on the actor's key, so a
     client that used a model never keeps it alive after the Supervisor
-    terminates it.
+    terminates it.  ``rpc`` is a Dask connection pool (``client.rpc``, or the
+    manager's own pool with a short connect timeout).
     """
 
-    def __init__(self, client: Any, address: str, key: str) -> None:
-        self.client = client
+    def __init__(self, rpc: Any, address: str, key: str) -> None:
+        self.rpc = rpc
         self.address = address
         self.key = key
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            reply = await self.client.rpc(self.address).actor_execute(
+            reply = await self.rpc(self.address).actor_execute(
                 actor=self.key,
                 function=method,
                 args=[to_serialize(a) for a in args],

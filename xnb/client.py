@@ -146,6 +146,7 @@ class AsyncClient:
         return await self.manager.cluster()
 
     async def close(self) -> None:
+        await self.manager.close()
         await self.dask.close()
         if self.cluster is not None:
             remove_runtime_file(self.settings)
@@ -310,6 +311,7 @@ class Client:
         return self._sync(self.manager.replica_info, uid)
 
     def close(self) -> None:
+        self._sync(self.manager.close)
         self.dask.close()
         if self.cluster is not None:
             remove_runtime_file(self.settings)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any, AsyncIterator, Callable
 
 import numpy as np
+from distributed.core import ConnectionPool
 
 from xnb.actor import ActorRef
 from xnb.engines.base import GenerateRequest
@@ -43,6 +44,7 @@ __all__ = ["ModelManager", "StreamEvent"]
 logger = logging.getLogger(__name__)
 
 READY = ("ready", "degraded")
+ACTOR_CONNECT_TIMEOUT_S = 5.0
 LAUNCH_PHASES = ("restarting", "launching", "downloading", "loading")
 ROUTE_TTL_S = 2.0
 
@@ -59,6 +61,21 @@ class ModelManager:
         self.stream_poll_s = stream_poll_s
         self._routes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._outstanding: dict[str, int] = defaultdict(int)
+        self._pool: ConnectionPool | None = None
+
+    async def _rpc(self) -> ConnectionPool:
+        """Connections to workers for actor calls, with a short connect timeout:
+        a cached route to a worker that just died fails in seconds, not Dask's 30 s."""
+        if self._pool is None:
+            pool = ConnectionPool(connection_args=self.client.connection_args, timeout=ACTOR_CONNECT_TIMEOUT_S)
+            await pool.start()
+            self._pool = pool
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     # -- the Supervisor -----------------------------------------------------------------------
 
@@ -188,7 +205,7 @@ class ModelManager:
                 f"model {uid!r} is {routes['status']}, not ready; wait for it or check `xnb list`"
             )
         best = min(ready, key=lambda r: self._outstanding[r["key"]])
-        return best["key"], ActorRef(self.client, best["worker"], best["key"]), routes
+        return best["key"], ActorRef(await self._rpc(), best["worker"], best["key"]), routes
 
     async def _with_replica(self, uid: str, ability: str, method: str, *args: Any) -> Any:
         """Call a replica; if its worker is gone before it answered, try another once."""
@@ -212,7 +229,7 @@ class ModelManager:
             if r["status"] != "ready" or not r["key"]:
                 continue
             try:
-                out.append(await ActorRef(self.client, r["worker"], r["key"]).call("info"))
+                out.append(await ActorRef(await self._rpc(), r["worker"], r["key"]).call("info"))
             except XnbError as exc:
                 out.append({"replica": r["replica"], "status": "unreachable", "error": exc.message})
         return out

@@ -329,7 +329,7 @@ class Supervisor(SchedulerPlugin):
                 await future  # the (cheap) constructor ran on the worker
             except Exception as exc:
                 raise LaunchFailed(f"could not create the model actor: {type(exc).__name__}: {exc}") from None
-            replica.actor = ActorRef(client, replica.worker, future.key)
+            replica.actor = ActorRef(client.rpc, replica.worker, future.key)
             info = await replica.actor.call("load")
         except asyncio.CancelledError:
             raise

@@ -54,6 +54,7 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
         try:
             yield
         finally:
+            await app.state.manager.close()
             await dask.close()
 
     app = FastAPI(

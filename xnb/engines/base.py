@@ -13,6 +13,7 @@ are a pydantic model with ``extra="forbid"`` (:attr:`Engine.Options`).
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -186,29 +187,19 @@ class Sink:
 
 
 class Utf8Decoder:
-    """Turns token byte pieces into text without splitting a multi-byte character."""
+    """Turns token byte pieces into text without splitting a multi-byte character
+    (invalid bytes become U+FFFD, wherever the pieces are cut)."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_decoder",)
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, piece: bytes) -> str:
-        data = self._pending + piece
-        # Find the longest prefix that is complete UTF-8.
-        for cut in range(len(data), max(len(data) - 4, -1), -1):
-            try:
-                text = data[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self._pending = data[cut:]
-            return text
-        self._pending = b""
-        return data.decode("utf-8", errors="replace")
+        return self._decoder.decode(piece)
 
     def flush(self) -> str:
-        rest, self._pending = self._pending, b""
-        return rest.decode("utf-8", errors="replace")
+        return self._decoder.decode(b"", final=True)
 
 
 class StopChecker:

@@ -3,13 +3,14 @@
 One :class:`BatchScheduler` owns one llama.cpp context and one thread.  It
 keeps up to ``max_num_seqs`` sequences in the context, each in its own *slot*
 (slot *i* is llama.cpp sequence id *i* and has its own KV stream of
-``n_ctx / max_num_seqs`` cells).  Every step builds one multi-sequence batch:
+``n_ctx / max_num_seqs`` cells).  Every step:
 
-* each running sequence contributes its pending tokens — one sampled token
-  while decoding, or a chunk of its prompt while prefilling (chunks are sized
-  so a long prompt never stalls the others);
-* one ``llama_decode`` evaluates the whole batch;
-* each sequence whose last pending token was in the batch samples its next
+* one ``llama_decode`` over a multi-sequence batch evaluates the last sampled
+  token of every decoding sequence;
+* prefilling sequences add one chunk of their prompt each (a fixed grid of
+  ``prefill_chunk`` tokens, so a long prompt never stalls the others and is
+  always split the same way — see :meth:`BatchScheduler._plan`);
+* each sequence whose last pending token was evaluated samples its next
   token with its own sampler chain (temperature, top-p/k, seed, penalties,
   grammar) and checks its own stop conditions.
 
@@ -30,7 +31,6 @@ limit ends with ``finish_reason="length"``.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import logging
 import threading
 import time
@@ -209,7 +209,7 @@ class BatchScheduler:
         n_ctx: int,
         max_num_seqs: int,
         n_batch: int,
-        prefill_chunk: int | None = None,
+        prefill_chunk: int | None = 64,
         prefix_cache: bool = True,
         on_step: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -218,7 +218,7 @@ class BatchScheduler:
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.prefill_chunk = prefill_chunk or n_batch
+        self.grid = min(prefill_chunk or 64, n_batch)
         self.prefix_cache = prefix_cache
         self.slots = [Slot(i) for i in range(max_num_seqs)]
         self.waiting: deque[Sequence] = deque()
@@ -331,26 +331,27 @@ class BatchScheduler:
         self._fail_all("the model is shutting down")
 
     def _step(self) -> None:
+        """One scheduling step: a decode call for every decoding sequence, then one
+        grid-aligned prompt chunk per prefilling sequence (each its own call)."""
         self._drop_cancelled()
         self._admit()
-        entries = self._fill_batch()
-        if not entries:
-            return
-        ret = llama_cpp.llama_decode(self.ctx, self._batch)
-        if ret == 1:
-            self._relieve_memory(entries)
-            return
-        if ret != 0:
-            raise RuntimeError(f"llama_decode returned {ret}")
-        self.counters["steps"] += 1
-        self.counters["tokens_decoded"] += self._batch.n_tokens
-        self.counters["max_batch_seqs"] = max(self.counters["max_batch_seqs"], len(entries))
-        if self._on_step is not None:
-            self._on_step(len(entries), self._batch.n_tokens)
-        for seq, count, out_index in entries:
-            seq.n_past += count
-            if out_index >= 0:
-                self._sample(seq, out_index)
+        for entries in self._plan():
+            self._fill_batch(entries)
+            ret = llama_cpp.llama_decode(self.ctx, self._batch)
+            if ret == 1:
+                self._relieve_memory(entries)
+                return
+            if ret != 0:
+                raise RuntimeError(f"llama_decode returned {ret}")
+            self.counters["steps"] += 1
+            self.counters["tokens_decoded"] += self._batch.n_tokens
+            self.counters["max_batch_seqs"] = max(self.counters["max_batch_seqs"], len(entries))
+            if self._on_step is not None:
+                self._on_step(len(entries), self._batch.n_tokens)
+            for seq, count, out_index in entries:
+                seq.n_past += count
+                if out_index >= 0:
+                    self._sample(seq, out_index)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.waiting if s.sink.cancelled.is_set()]:
@@ -396,8 +397,10 @@ class BatchScheduler:
                 llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, -1, -1)
                 llama_cpp.llama_memory_seq_cp(self.mem, best_src.seq_id, dst.seq_id, -1, -1)
                 reuse = best_src_len
-        # Logits come from evaluating at least the last token again.
+        # Logits come from evaluating at least the last token again, and the rest of
+        # the prompt must start on the chunk grid (see _plan).
         reuse = min(reuse, len(tokens) - 1)
+        reuse -= reuse % self.grid
         if not llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, dst.seq_id, -1, -1)
             reuse = 0
@@ -410,25 +413,36 @@ class BatchScheduler:
         self.counters["prompt_tokens"] += len(tokens)
         self.counters["prompt_tokens_reused"] += reuse
 
-    def _fill_batch(self) -> list[tuple[Sequence, int, int]]:
-        """Fill the batch: decoding sequences first, then prompt chunks; returns entries."""
+    def _plan(self) -> list[list[tuple[Sequence, int, int]]]:
+        """The calls of this step, as ``(sequence, tokens, output index)`` entries.
+
+        Batch invariance: llama.cpp's CPU kernels pick their algorithm by the
+        shape of a call, so a prompt is always evaluated in the same chunks —
+        positions ``[k·G, (k+1)·G)`` for the grid ``G = prefill_chunk`` — each
+        chunk alone in its call, whatever else runs; decoding sequences share
+        one call (one token each).  A sequence then gives the same greedy text
+        alone and in a batch (while its KV stays under 512 cells, where
+        llama.cpp's single-query attention switches to a split-KV kernel).
+        """
+        running = [s.seq for s in self.slots if s.seq is not None]
+        calls: list[list[tuple[Sequence, int, int]]] = []
+        decoding = [s for s in running if len(s.tokens) - s.n_past == 1]
+        if decoding:
+            calls.append([(s, 1, i) for i, s in enumerate(decoding)])
+        budget = self.n_batch
+        for seq in sorted((s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at):
+            pending = len(seq.tokens) - seq.n_past
+            count = min(pending, self.grid - seq.n_past % self.grid)
+            if count > budget and len(calls) > bool(decoding):
+                break  # the step is full; this chunk waits (never cut short: that breaks the grid)
+            budget -= count
+            calls.append([(seq, count, count - 1 if count == pending else -1)])
+        return calls
+
+    def _fill_batch(self, entries: list[tuple[Sequence, int, int]]) -> None:
         batch = self._batch
         n = 0
-        entries: list[tuple[Sequence, int, int]] = []
-        running = [s.seq for s in self.slots if s.seq is not None]
-        decoding = [s for s in running if len(s.tokens) - s.n_past == 1]
-        prefilling = sorted(
-            (s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at
-        )
-        # Prompt chunks are capped only while others decode, so a long prompt
-        # cannot stall them; alone, a prompt goes through in as few steps as possible.
-        chunk = self.prefill_chunk if decoding else self.n_batch
-        for seq in itertools.chain(decoding, prefilling):
-            pending = len(seq.tokens) - seq.n_past
-            room = self.n_batch - n
-            if room <= 0:
-                break
-            count = min(pending, room, chunk)
+        for seq, count, _ in entries:
             start = seq.n_past
             for j in range(count):
                 batch.token[n + j] = seq.tokens[start + j]
@@ -436,13 +450,10 @@ class BatchScheduler:
                 batch.n_seq_id[n + j] = 1
                 batch.seq_id[n + j][0] = seq.slot
                 batch.logits[n + j] = 0
-            last = count == pending
-            if last:
+            if count == len(seq.tokens) - start:
                 batch.logits[n + count - 1] = 1
-            entries.append((seq, count, n + count - 1 if last else -1))
             n += count
         batch.n_tokens = n
-        return entries
 
     def _sample(self, seq: Sequence, out_index: int) -> None:
         token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, out_index)

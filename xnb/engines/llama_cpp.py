@@ -46,7 +46,7 @@ class LlamaCppOptions(EngineOptions):
     max_num_seqs: int = Field(default=4, ge=1, le=64, description="sequences decoded in one batch")
     n_batch: int = Field(default=512, ge=32, description="most tokens evaluated in one step")
     prefill_chunk: int = Field(
-        default=128, ge=16, description="most prompt tokens a sequence adds per step while others decode"
+        default=64, ge=16, description="prompts are evaluated in chunks of this many tokens (one per step)"
     )
     prefix_cache: bool = Field(default=True, description="keep finished sequences' KV for prefix reuse")
     n_threads: int | None = Field(default=None, ge=1, description="default: the replica's cores")

