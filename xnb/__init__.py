@@ -25,7 +25,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from xnb.client import AsyncClient, AsyncModel, Client, Model, connect, connect_async
+    from xnb.client import (
+        AsyncClient,
+        AsyncModel,
+        Client,
+        Model,
+        connect,
+        connect_async,
+    )
     from xnb.errors import XnbError
 
 

@@ -257,7 +257,10 @@ class _HubFetch:
     def _repo_files(self, pattern: str) -> list[str]:
         """The repo's files: listed by the hub, else (offline, unreachable) by the cache."""
         from huggingface_hub import HfApi, snapshot_download
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         error: BaseException | None = None
         if not self.offline:

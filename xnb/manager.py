@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 from distributed.core import ConnectionPool
 
+from xnb import openai_shapes as shapes
 from xnb.actor import ActorRef
 from xnb.engines.base import GenerateRequest
 from xnb.errors import (
@@ -35,8 +36,11 @@ from xnb.errors import (
     XnbError,
     error_from_dict,
 )
-from xnb import openai_shapes as shapes
-from xnb.openai_requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from xnb.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from xnb.openai_shapes import ChunkBuilder, collect_choices
 
 __all__ = ["ModelManager", "StreamEvent"]

@@ -15,6 +15,7 @@ from typing import Any
 from xnb.catalog.schema import LaunchSpec
 
 __all__ = [
+    "progress_line",
     "ModelRecord",
     "ReplicaRecord",
     "model_status",
@@ -133,3 +134,16 @@ class ModelRecord:
                 for r in self.replicas
             ],
         }
+
+
+def progress_line(record: dict[str, Any]) -> str:
+    """One line of launch progress from a described record (CLI, magics, widgets)."""
+    parts = []
+    for r in record["replicas"]:
+        p = r.get("progress") or {}
+        text = r["status"]
+        if r["status"] == "downloading" and p.get("total"):
+            text += f" {100 * p.get('downloaded', 0) / p['total']:.0f}% of {p['total'] / 1e6:.0f} MB"
+        parts.append(text)
+    ready = sum(1 for r in record["replicas"] if r["status"] == "ready")
+    return f"{record['uid']}: {record['status']} [{', '.join(parts)}] {ready}/{len(record['replicas'])} ready"

@@ -34,7 +34,13 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from xnb.actor import PROGRESS_TOPIC, ActorRef, ModelActor
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
-from xnb.errors import DuplicateModel, InvalidRequest, LaunchFailed, ModelNotFound, XnbError
+from xnb.errors import (
+    DuplicateModel,
+    InvalidRequest,
+    LaunchFailed,
+    ModelNotFound,
+    XnbError,
+)
 from xnb.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
 from xnb.registry import ModelRecord, ReplicaRecord
 from xnb.settings import XnbSettings

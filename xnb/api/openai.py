@@ -20,7 +20,12 @@ from fastapi.responses import StreamingResponse
 from xnb.api.metrics import Metrics, RequestTimer
 from xnb.errors import InvalidRequest, XnbError
 from xnb.manager import ModelManager
-from xnb.openai_requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
+from xnb.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    parse_request,
+)
 from xnb.openai_shapes import model_object
 
 __all__ = ["router", "read_json"]

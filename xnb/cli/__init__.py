@@ -11,8 +11,11 @@ manage and use models; ``servers`` the ones that run servers.
 
 from __future__ import annotations
 
-from xnb.cli import models, servers  # noqa: F401  (importing registers the commands)
-from xnb.cli import bench  # noqa: F401
+from xnb.cli import (  # noqa: F401  (importing registers the commands)
+    bench,  # noqa: F401
+    models,
+    servers,
+)
 from xnb.cli.base import cli
 
 __all__ = ["cli", "main"]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from xnb.errors import XnbError
+from xnb.registry import progress_line
 from xnb.settings import XnbSettings
 
 __all__ = ["cli", "settings_options", "make_settings", "connect_client", "launch_model", "progress_printer", "scheduler_option", "echo_json", "table"]
@@ -127,18 +128,11 @@ def cli(verbose: int) -> None:
 
 
 def progress_printer(uid: str) -> Callable[[dict[str, Any]], None]:
-    """A launch progress line: status, download percentage, replicas ready."""
+    """Prints a launch progress line whenever it changes."""
     last = {"line": ""}
 
     def show(record: dict[str, Any]) -> None:
-        parts = []
-        for r in record["replicas"]:
-            p = r.get("progress") or {}
-            text = r["status"]
-            if r["status"] == "downloading" and p.get("total"):
-                text += f" {100 * p.get('downloaded', 0) / p['total']:.0f}% of {p['total'] / 1e6:.0f} MB"
-            parts.append(text)
-        line = f"{uid}: {record['status']} [{', '.join(parts)}] {record['replicas_ready']}/{len(record['replicas'])} ready"
+        line = progress_line(record)
         if line != last["line"]:
             click.echo(line, err=True)
             last["line"] = line

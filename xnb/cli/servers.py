@@ -27,7 +27,12 @@ def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
     """Start a local xnb cluster (and the API at http://127.0.0.1:9997) until Ctrl-C."""
     from xnb.api import run_sidecar
     from xnb.client import Client
-    from xnb.cluster import find_running_cluster, remove_runtime_file, start_local_cluster, write_runtime_file
+    from xnb.cluster import (
+        find_running_cluster,
+        remove_runtime_file,
+        start_local_cluster,
+        write_runtime_file,
+    )
 
     settings = make_settings(**flags)
     running = find_running_cluster(settings)
@@ -83,7 +88,12 @@ def scheduler(port: int, bind_host: str, **flags: Any) -> None:
 
     from distributed import Scheduler
 
-    from xnb.cluster import configure_dask, remove_runtime_file, security_for, write_runtime_file
+    from xnb.cluster import (
+        configure_dask,
+        remove_runtime_file,
+        security_for,
+        write_runtime_file,
+    )
     from xnb.supervisor import Supervisor
 
     settings = make_settings(**flags)

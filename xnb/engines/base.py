@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xnb.errors import EngineError, UnsupportedParameter, XnbError
+from xnb.errors import EngineError, InvalidRequest, UnsupportedParameter, XnbError
 
 __all__ = [
     "Engine",
@@ -42,6 +42,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from xnb.catalog.schema import LaunchSpec
+    from xnb.engines.chat_template import ChatTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,32 @@ class Engine(ABC):
     def max_concurrency(self) -> int:
         """How many requests it works on at once (more wait in the actor's queue)."""
         return 1
+
+    # -- prompts -------------------------------------------------------------------
+
+    #: The model's chat template, set by ``load()`` (None: completions only).
+    template: "ChatTemplate | None" = None
+
+    def prompt_text(self, request: GenerateRequest) -> str:
+        """The text the model sees: the rendered chat template (tools described
+        the one xnb way, :func:`xnb.tools.prepare_messages`), or the raw prompt."""
+        from xnb.tools import prepare_messages
+
+        if request.kind == "completion":
+            return request.prompt or ""
+        if self.template is None:
+            raise InvalidRequest(
+                f"{self.spec.model_name!r} has no chat template; use /v1/completions, or "
+                "register the model with a chat_template",
+                param="messages",
+            )
+        messages, template_tools = request.messages or [], None
+        if request.tools:
+            messages, template_tools = prepare_messages(
+                messages, request.tools, request.tool_choice, request.parallel_tool_calls,
+                template_knows_tools=self.template.knows_tools,
+            )
+        return self.template.render(messages, tools=template_tools)
 
     # -- serving -----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from xnb.engines.base import (
     StopChecker,
 )
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
-from xnb.tools import auto_choice, prepare_messages, tools_grammar
+from xnb.tools import auto_choice, tools_grammar
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions"]
 
@@ -206,24 +206,6 @@ class LlamaCppEngine(Engine):
             self._model = None
 
     # -- generation ------------------------------------------------------------------------
-
-    def prompt_text(self, request: GenerateRequest) -> str:
-        """The text the model sees: the rendered chat template, or the raw prompt."""
-        if request.kind == "completion":
-            return request.prompt or ""
-        if self.template is None:
-            raise InvalidRequest(
-                f"{self.spec.model_name!r} has no chat template; use /v1/completions, or "
-                "register the model with a chat_template",
-                param="messages",
-            )
-        messages, template_tools = request.messages or [], None
-        if request.tools:
-            messages, template_tools = prepare_messages(
-                messages, request.tools, request.tool_choice, request.parallel_tool_calls,
-                template_knows_tools=self.template.knows_tools,
-            )
-        return self.template.render(messages, tools=template_tools)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         bos_text = self.template.bos_token if self.template else ""

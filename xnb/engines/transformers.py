@@ -249,18 +249,6 @@ class TransformersEngine(ThreadedEngine):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def prompt_text(self, request: GenerateRequest) -> str:
-        """The text the model sees: the rendered chat template, or the raw prompt."""
-        if request.kind == "completion":
-            return request.prompt or ""
-        if self.template is None:
-            raise InvalidRequest(
-                f"{self.spec.model_name!r} has no chat template; use /v1/completions, or "
-                "register the model with a chat_template",
-                param="messages",
-            )
-        return self.template.render(request.messages or [], tools=request.tools)
-
     def tokenize_prompt(self, text: str, *, chat: bool) -> list[int]:
         """Token ids of a prompt; a chat prompt gets BOS only if its template left it out."""
         tokenizer = self._tokenizer

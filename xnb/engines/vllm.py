@@ -32,7 +32,7 @@ from xnb.engines.base import (
     Sink,
     StopChecker,
 )
-from xnb.errors import EngineError, InvalidRequest, LaunchFailed, XnbError
+from xnb.errors import EngineError, LaunchFailed, XnbError
 
 __all__ = ["VllmEngine", "VllmOptions"]
 
@@ -109,12 +109,7 @@ class VllmEngine(Engine):
         return self.options.max_num_seqs
 
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        if request.kind == "chat":
-            if self.template is None:
-                raise InvalidRequest(f"{self.spec.model_name!r} has no chat template", param="messages")
-            prompt = self.template.render(request.messages or [], tools=request.tools)
-        else:
-            prompt = request.prompt or ""
+        prompt = self.prompt_text(request)
         params = self._sampling(request)
         asyncio.run_coroutine_threadsafe(self._generate(prompt, params, request, sink), self._loop)
 

@@ -19,6 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from xnb.errors import XnbError
+from xnb.registry import progress_line
 
 __all__ = ["HELP", "XnbMagics", "interpolate", "load_ipython_extension"]
 
@@ -176,14 +177,7 @@ class XnbMagics(Magics):
         last = {"line": ""}
 
         def progress(record: dict[str, Any]) -> None:
-            parts = []
-            for r in record["replicas"]:
-                p_ = r.get("progress") or {}
-                text = r["status"]
-                if r["status"] == "downloading" and p_.get("total"):
-                    text += f" {100 * p_.get('downloaded', 0) / p_['total']:.0f}%"
-                parts.append(text)
-            line = f"{record['uid']}: {record['status']} [{', '.join(parts)}]"
+            line = progress_line(record)
             if line != last["line"]:
                 print(line, flush=True)
                 last["line"] = line
