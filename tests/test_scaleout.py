@@ -61,22 +61,26 @@ def workers_by_name(client: Client) -> dict[str, str]:
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("multi-home")
     procs = Procs(home)
-    port = free_port()
-    procs.start("scheduler", "--port", str(port))
-    wait_until(lambda: port_open(port), 30, "the scheduler port")
-    address = f"tcp://127.0.0.1:{port}"
-    w1 = procs.worker(address, "w1")
-    w2 = procs.worker(address, "w2")
-    api_port = free_port()
-    procs.start("serve", "--scheduler", address, "--port", str(api_port))
-    client = Client(address, settings=XnbSettings(home=home))
-    wait_until(lambda: set(workers_by_name(client)) >= {"w1", "w2"}, 60, "two workers")
-    api = f"http://127.0.0.1:{api_port}"
-    wait_until(lambda: port_open(api_port), 60, "the sidecar port")
-    yield {"client": client, "address": address, "procs": procs, "pids": {"w1": w1.pid, "w2": w2.pid},
-           "api": api, "home": home}
-    client.close()
-    procs.close()
+    client = None
+    try:
+        port = free_port()
+        procs.start("scheduler", "--port", str(port))
+        wait_until(lambda: port_open(port), 30, "the scheduler port")
+        address = f"tcp://127.0.0.1:{port}"
+        w1 = procs.worker(address, "w1")
+        w2 = procs.worker(address, "w2")
+        api_port = free_port()
+        procs.start("serve", "--scheduler", address, "--port", str(api_port))
+        client = Client(address, settings=XnbSettings(home=home))
+        wait_until(lambda: set(workers_by_name(client)) >= {"w1", "w2"}, 60, "two workers")
+        api = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: port_open(api_port), 60, "the sidecar port")
+        yield {"client": client, "address": address, "procs": procs, "pids": {"w1": w1.pid, "w2": w2.pid},
+               "api": api, "home": home}
+    finally:
+        if client is not None:
+            client.close()
+        procs.close()
 
 
 def test_replicas_spread_and_serve_in_parallel(multi: dict[str, Any]) -> None:
