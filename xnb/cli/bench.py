@@ -59,13 +59,13 @@ def _concurrency_levels(values: tuple[str, ...]) -> list[int]:
 @click.option("--dataset-path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="a JSON prompt file instead of the bundled set")
 @click.option("--input-len", type=click.IntRange(min=1), default=128, show_default=True,
-              help="random dataset: prompt length in tokens (about)")
+              help="random dataset: words per prompt, about one token each (the chat template adds its own)")
 @click.option("--output-len", type=click.IntRange(min=1), default=128, show_default=True,
               help="random dataset: max_tokens of each request")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="max_tokens of requests whose prompt sets none")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
-@click.option("--ignore-eos", is_flag=True, help="send ignore_eos (xnb, vLLM) so every answer has max_tokens tokens")
+@click.option("--ignore-eos", is_flag=True, help="send ignore_eos so every answer has max_tokens tokens (servers that accept it, e.g. vLLM)")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="requests sent (and not counted) before each run")
 @click.option("--seed", type=int, default=0, show_default=True, help="prompt order and arrival times")
