@@ -51,6 +51,9 @@ def configure_dask() -> None:
             "distributed.worker.memory.terminate": False,
             "distributed.worker.memory.target": False,
             "distributed.worker.memory.spill": False,
+            # The nanny's default MALLOC_TRIM_THRESHOLD_=65536 makes torch's large
+            # allocations go through mmap on every batch (embeddings ~25% slower).
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         }
     )
 

@@ -109,6 +109,7 @@ class _OpenAIBody(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0)
     grammar: str | None = None
+    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _no_unknown(self) -> "_OpenAIBody":
@@ -143,7 +144,7 @@ class _OpenAIBody(BaseModel):
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             min_p=self.min_p, seed=self.seed, stop=stop, repeat_penalty=self.repeat_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logit_bias=bias, grammar=self.grammar, **extra,
+            logit_bias=bias, grammar=self.grammar, ignore_eos=self.ignore_eos, **extra,
         )
 
 

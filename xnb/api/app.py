@@ -99,4 +99,5 @@ def run_sidecar(settings: XnbSettings, *, scheduler_address: str | None = None, 
     import uvicorn
 
     app = create_app(settings, scheduler_address=scheduler_address)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5,
+                access_log=log_level == "debug")

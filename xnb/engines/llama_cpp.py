@@ -46,7 +46,7 @@ class LlamaCppOptions(EngineOptions):
     max_num_seqs: int = Field(default=4, ge=1, le=64, description="sequences decoded in one batch")
     n_batch: int = Field(default=512, ge=32, description="most tokens evaluated in one step")
     prefill_chunk: int = Field(
-        default=64, ge=16, description="prompts are evaluated in chunks of this many tokens (one per step)"
+        default=32, ge=2, le=63, description="prompt tokens a sequence evaluates per step (under 64 keeps output batch-invariant)"
     )
     prefix_cache: bool = Field(default=True, description="keep finished sequences' KV for prefix reuse")
     n_threads: int | None = Field(default=None, ge=1, description="default: the replica's cores")
@@ -278,6 +278,8 @@ class LlamaCppEngine(Engine):
     def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
         import llama_cpp
 
+        from xnb.engines.llama_batch import native_call
+
         if "embed" not in self.spec.abilities:
             raise UnsupportedParameter(
                 f"{self.spec.model_name!r} is not an embedding model", param="model"
@@ -302,7 +304,7 @@ class LlamaCppEngine(Engine):
                         batch.logits[i] = 1
                     batch.n_tokens = len(tokens)
                     run = llama_cpp.llama_encode if llama_cpp.llama_model_has_encoder(self._model) else llama_cpp.llama_decode
-                    if run(ctx, batch) != 0:
+                    if native_call(run, ctx, batch) != 0:
                         raise InvalidRequest("llama.cpp could not embed this input", param="input")
                     ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
                     vec = [ptr[j] for j in range(n_embd)]
