@@ -438,13 +438,16 @@ class BatchScheduler:
     def _plan(self) -> list[list[tuple[Sequence, int, int]]]:
         """The calls of this step, as ``(sequence, tokens, output index)`` entries.
 
-        Batch invariance: llama.cpp's CPU kernels pick their algorithm by the
-        shape of a call, so a prompt is always evaluated in the same chunks —
-        positions ``[k·G, (k+1)·G)`` for the grid ``G = prefill_chunk`` — each
-        chunk alone in its call, whatever else runs; decoding sequences share
-        one call (one token each).  A sequence then gives the same greedy text
-        alone and in a batch (while its KV stays under 512 cells, where
-        llama.cpp's single-query attention switches to a split-KV kernel).
+        Batch invariance: llama.cpp's CPU flash attention picks its kernel by
+        the shape of a call — a tiled kernel for 64 or more query rows, a
+        row-by-row one below, a split-KV one for a single row over 512+ cells —
+        and the kernels round differently.  So each prompt chunk is its own call
+        of at most ``prefill_chunk`` (< 64) rows and never one row, and decoding
+        sequences share one call (one token each): every row of a sequence then
+        takes the same kernel whatever else runs and wherever a reused prefix
+        ends, and a sequence gives the same greedy text alone and in a batch
+        (while its KV stays under 512 cells, where a lone decoding sequence
+        takes the split-KV kernel).
         """
         running = [s.seq for s in self.slots if s.seq is not None]
         calls: list[list[tuple[Sequence, int, int]]] = []
