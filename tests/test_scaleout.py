@@ -128,6 +128,8 @@ def test_kill_worker_mid_stream(multi: dict[str, Any]) -> None:
     names = workers_by_name(client)
     client.launch(SMOL, uid="ha", workers=["w1"], restart="on-failure", timeout=120)
     client.launch(SMOL, uid="steady", workers=["w2"], timeout=120)
+    duo = client.launch(SMOL, uid="duo", replicas=2, timeout=120)
+    assert {r["worker"] for r in duo.record["replicas"]} == {names["w1"], names["w2"]}
     body = {"model": "ha", "messages": LONG, "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 3}
     with httpx.stream("POST", multi["api"] + "/v1/chat/completions", json=body, timeout=10) as r:
         lines = r.iter_lines()
@@ -141,6 +143,10 @@ def test_kill_worker_mid_stream(multi: dict[str, Any]) -> None:
     wait_until(lambda: any(e["kind"] == "lost" for e in client.get("ha").events()), 30, "the lost event")
     steady = client.get("steady")
     assert steady.chat("hello", max_tokens=4)["choices"][0]["message"]["content"]
+    # a model with a replica left keeps answering (routed to the survivor), degraded
+    for _ in range(3):
+        assert duo.chat("hello", max_tokens=3)["usage"]["completion_tokens"] >= 1
+    wait_until(lambda: client.get("duo").record["status"] == "degraded", 30, "duo to be degraded")
     # restart on-failure relaunches it on the surviving worker, where it serves
     ha = client.get("ha").wait(timeout=120)
     assert [r["worker"] for r in ha.record["replicas"]] == [names["w2"]]
@@ -149,6 +155,7 @@ def test_kill_worker_mid_stream(multi: dict[str, Any]) -> None:
     assert ha.chat("hello", max_tokens=4)["usage"]["completion_tokens"] >= 1
     client.terminate("ha")
     client.terminate("steady")
+    client.terminate("duo")
 
 
 def test_replica_waits_for_a_joining_worker(multi: dict[str, Any]) -> None:
@@ -210,3 +217,26 @@ def test_idle_unload_and_reload(multi: dict[str, Any]) -> None:
     assert info["counters"]["reloads"] == 1
     assert any(e["kind"] == "reloaded" for e in model.events())
     client.terminate("sleepy")
+
+
+def test_local_tls_cluster(tmp_path: Path) -> None:
+    """`xnb local --tls`: temporary certificates, found by local clients through the runtime file."""
+    from distributed import Client as DaskClient
+
+    from xnb.client import connect
+    from xnb.cluster import remove_runtime_file, start_local_cluster, write_runtime_file
+
+    settings = XnbSettings(home=tmp_path / "home", tls=True, n_workers=1, threads_per_worker=1)
+    cluster = start_local_cluster(settings)
+    try:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        write_runtime_file(settings, address)
+        with pytest.raises((OSError, TimeoutError)):
+            DaskClient(address.replace("tls://", "tcp://"), timeout="3s")
+        with connect(settings=XnbSettings(home=tmp_path / "home")) as client:  # finds it, with the certificates
+            assert client.scheduler_address == address
+            assert client.cluster_info()["workers"]
+    finally:
+        remove_runtime_file(settings)
+        cluster.close()
