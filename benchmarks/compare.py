@@ -635,7 +635,7 @@ def build_report(args: argparse.Namespace, runs: list[Run], results: dict[str, A
           "## Workload", "",
           f"- Model: SmolLM2-135M-Instruct Q4_1 GGUF (`{results['gguf']}`), n_ctx {N_CTX} per sequence, "
           f"{THREADS} threads everywhere (the 2-replica xnb setup: 2 workers × 1 thread).",
-          f"- {len(results['prompts'])} prompts from `benchmarks/prompts.json` (each once, seed-shuffled), streaming chat "
+          f"- {len(results['prompts'])} prompts from `xnb/bench/prompts.json` (each once, seed-shuffled), streaming chat "
           f"completions, temperature 0, max_tokens {args.max_tokens}; concurrency levels {args.concurrency}, "
           "all requests queued at once (request rate inf). One warm-up request per run uses a prompt outside the "
           "set, and every xnb run at concurrency > 1 uses a freshly launched model, so no "

@@ -130,11 +130,11 @@ def test_datasets(tmp_path: Path) -> None:
 
 
 def test_poisson_arrivals() -> None:
-    assert bench._arrival_gaps(4, math.inf, 0) == [0.0] * 4
-    gaps = bench._arrival_gaps(4000, 20.0, 0)
+    assert bench.arrival_gaps(4, math.inf, 0) == [0.0] * 4
+    gaps = bench.arrival_gaps(4000, 20.0, 0)
     assert sum(gaps) / len(gaps) == pytest.approx(1 / 20, rel=0.1)
     with pytest.raises(bench.BenchError):
-        bench._arrival_gaps(3, 0.0, 0)
+        bench.arrival_gaps(3, 0.0, 0)
 
 
 # -- SSE parsing and error detection against scripted streams --------------------------------------

@@ -55,7 +55,7 @@ def _concurrency_levels(values: tuple[str, ...]) -> list[int]:
 @click.option("--request-rate", type=float, default=math.inf, show_default=True,
               help="requests per second, Poisson arrivals (inf: all at once, bounded by --concurrency)")
 @click.option("--dataset", type=click.Choice(["bundled", "random"]), default="bundled", show_default=True,
-              help="bundled: benchmarks/prompts.json; random: random words of --input-len tokens")
+              help="bundled: 32 prompts shipped with xnb; random: random words of --input-len tokens")
 @click.option("--dataset-path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="a JSON prompt file instead of the bundled set")
 @click.option("--input-len", type=click.IntRange(min=1), default=128, show_default=True,
@@ -113,7 +113,7 @@ def bench(
             click.echo(
                 f"concurrency {s['concurrency']}: {s['completed']}/{s['num_requests']} ok, "
                 f"{s['errors']} errors, {s['request_throughput']:.2f} req/s, "
-                f"{s['output_throughput']:.1f} output tok/s, TTFT median {lib._ms(s['ttft_ms']['median'])} ms",
+                f"{s['output_throughput']:.1f} output tok/s, TTFT median {lib.format_ms(s['ttft_ms']['median'])} ms",
                 err=True,
             )
 
