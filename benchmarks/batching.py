@@ -5,7 +5,7 @@ the packaged SmolLM2 GGUF and the same threads, first with continuous batching
 (max_num_seqs = the highest concurrency) and then with max_num_seqs=1 (requests
 served one at a time), and prints the ratios.
 
-    .venv/bin/python benchmarks/batching.py [--threads 2] [--max-tokens 64] [--requests-per-level 2]
+    .venv/bin/python benchmarks/batching.py [--threads 2] [--max-tokens 128] [--requests-per-level 2]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def bench(max_num_seqs: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--requests-per-level", type=int, default=2)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/batching.json"))

@@ -455,15 +455,24 @@ class BatchScheduler:
         if decoding:
             calls.append([(s, 1, i) for i, s in enumerate(decoding)])
         budget = self.n_batch
+        chunks: dict[int, list[tuple[Sequence, int, int]]] = {}
         for seq in sorted((s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at):
             pending = len(seq.tokens) - seq.n_past
             count = min(pending, self.grid)
             if pending - count == 1:
                 count -= 1  # never leave a one-row chunk
-            if count > budget and len(calls) > bool(decoding):
-                break  # the step is full; this chunk waits (never cut short: that breaks the grid)
+            if count > budget and (chunks or decoding):
+                break  # the step is full; this chunk waits for the next one
             budget -= count
-            calls.append([(seq, count, count - 1 if count == pending else -1)])
+            chunks.setdefault(count, []).append((seq, count, -1 if count < pending else 0))
+        # Chunks of equal length share a call: llama.cpp evaluates them as one
+        # sequence-parallel ubatch, each row still on the row-by-row kernel.
+        for group in chunks.values():
+            offset, entries = 0, []
+            for seq, count, last in group:
+                entries.append((seq, count, offset + count - 1 if last == 0 else -1))
+                offset += count
+            calls.append(entries)
         return calls
 
     def _fill_batch(self, entries: list[tuple[Sequence, int, int]]) -> None:
