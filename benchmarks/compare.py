@@ -356,8 +356,8 @@ def single_stream(args: argparse.Namespace, gguf: Path, prompts: list[Prompt], l
         s["label"] = f"{name} c=1"
         s["loadavg"] = loadavg()
         runs.append(Run(name, 1, s, [r.record(False) for r in results[name]]))
-        log(f"  {name}: {s['output_throughput']:.1f} tok/s, TTFT median {bench._ms(s['ttft_ms']['median'])} ms, "
-            f"TPOT median {bench._ms(s['tpot_ms']['median'])} ms, {s['errors']} errors")
+        log(f"  {name}: {s['output_throughput']:.1f} tok/s, TTFT median {bench.format_ms(s['ttft_ms']['median'])} ms, "
+            f"TPOT median {bench.format_ms(s['tpot_ms']['median'])} ms, {s['errors']} errors")
     by_name = {r.backend: r for r in runs}
     for name in (FLOOR, XA, XAPI):
         tokens = sum(r.content_chunks for r in results[name] if r.ok)
@@ -413,7 +413,7 @@ def concurrency_runs(args: argparse.Namespace, prompts: list[Prompt], lsrv: str,
             s["label"] = f"{name} c={c}"
             s["loadavg"] = loadavg()
             log(f"  {s['completed']} ok, {s['errors']} errors, {s['output_throughput']:.1f} tok/s, "
-                f"TTFT median {bench._ms(s['ttft_ms']['median'])} ms")
+                f"TTFT median {bench.format_ms(s['ttft_ms']['median'])} ms")
             runs.append(Run(name, c, s, out["requests"]))
     return runs
 
