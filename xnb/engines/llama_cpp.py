@@ -106,7 +106,8 @@ class LlamaCppEngine(Engine):
         import llama_cpp
 
         from xnb.engines.chat_template import ChatTemplate
-        from xnb.engines.llama_batch import BatchScheduler, Vocab
+        from xnb.engines.llama_batch import BatchScheduler
+        from xnb.engines.llama_native import Vocab
 
         opts = self.options
         mparams = llama_cpp.llama_model_default_params()
@@ -213,7 +214,8 @@ class LlamaCppEngine(Engine):
         return self.vocab.tokenize(text, add_special=add_bos, parse_special=True)
 
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        from xnb.engines.llama_batch import Sequence, SequenceGroup, build_sampler
+        from xnb.engines.llama_batch import Sequence, SequenceGroup
+        from xnb.engines.llama_native import build_sampler
 
         self.check_params(request)
         if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
@@ -278,7 +280,7 @@ class LlamaCppEngine(Engine):
     def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
         import llama_cpp
 
-        from xnb.engines.llama_batch import native_call
+        from xnb.engines.llama_native import native_call
 
         if "embed" not in self.spec.abilities:
             raise UnsupportedParameter(
