@@ -26,7 +26,7 @@ def port_open(port: int) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition", interval: float = 0.1) -> Any:
     """Poll a condition until it holds (returning its value) or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,10 @@ from typing import Any, Iterator
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
+from support import free_port, wait_until
 from xnb import bench
 from xnb.bench import BenchConfig, Prompt, RequestResult
 
@@ -224,17 +225,12 @@ def test_reports(tmp_path: Path) -> None:
 # -- a real run against `xnb local` ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def xnb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`xnb local --launch smollm2-135m-instruct` on a free port, its own XNB_HOME."""
+def xnb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """`xnb local --launch smollm2-135m-instruct` on a free port, its own XNB_HOME, in its
+    own process group (as in a terminal)."""
     home = tmp_path_factory.mktemp("bench-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("XNB_SCHEDULER_ADDRESS", None)
     log = (home / "local.log").open("w")
@@ -257,9 +253,10 @@ def xnb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
             if time.monotonic() > deadline:
                 raise AssertionError(f"xnb local not healthy in 120 s: {(home / 'local.log').read_text()[-3000:]}")
             time.sleep(0.2)
-        yield url, home
+        yield url, home, proc
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -268,8 +265,8 @@ def xnb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         log.close()
 
 
-def test_load_generator_against_xnb_local(xnb_local: tuple[str, Path], tmp_path: Path) -> None:
-    url, _ = xnb_local
+def test_load_generator_against_xnb_local(xnb_local: tuple[str, Path, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    url, _, _ = xnb_local
     prompts = bench.sample_prompts(bench.load_prompts(), 4, seed=0)
     config = BenchConfig(base_url=url, max_tokens=16)  # model discovered through /v1/models
     out = asyncio.run(bench.run_benchmark(config, prompts, concurrency=2))
@@ -293,8 +290,8 @@ def test_load_generator_against_xnb_local(xnb_local: tuple[str, Path], tmp_path:
     assert "| 2 | inf | 4 | 0 |" in paths["md"].read_text()
 
 
-def test_cli_finds_the_local_cluster_and_writes_reports(xnb_local: tuple[str, Path], tmp_path: Path) -> None:
-    _, home = xnb_local
+def test_cli_finds_the_local_cluster_and_writes_reports(xnb_local: tuple[str, Path, subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    _, home, _ = xnb_local
     env = {**os.environ, "XNB_HOME": str(home)}  # the base URL comes from the runtime file
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -309,3 +306,27 @@ def test_cli_finds_the_local_cluster_and_writes_reports(xnb_local: tuple[str, Pa
     assert (out / "bench.md").exists() and "| 2 | inf | 4 | 0 |" in proc.stdout
     if (out / "bench.png").exists():
         assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_stops_xnb_local_cleanly(xnb_local: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """Ctrl-C signals the terminal's whole process group: the API, then the cluster and
+    its workers stop in order, with no traceback, and the runtime file goes.  (Last in
+    this module: it stops the shared `xnb local`.)"""
+    _, home, proc = xnb_local
+    runtime = home / "runtime" / "cluster.json"
+    assert runtime.exists()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the embedded cluster's worker processes"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    log = (home / "local.log").read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log, log[-3000:]
+    assert not runtime.exists()
+
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_until(lambda: not any(alive(c) for c in children), timeout=30, what="the worker processes to exit")

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,11 @@ import openai
 import psutil
 import pytest
 
+from support import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
 TOKEN = "xnb-jupyter-test-token"
-
-
-def wait_for(predicate: Callable[[], Any], *, deadline_s: float, what: str, interval: float = 0.1) -> Any:
-    end = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -101,7 +92,7 @@ class JupyterServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.notebook_dir)
-        wait_for(self._ready, deadline_s=deadline_s, what="the xnb extension to be ready", interval=0.2)
+        wait_until(self._ready, timeout=deadline_s, what="the xnb extension to be ready", interval=0.2)
         return self
 
     def _ready(self) -> bool:
@@ -376,7 +367,7 @@ def test_proxy_disconnect_aborts_generation(jupyter: JupyterServer, proxied_mode
                           headers=jupyter.headers, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
-        wait_for(lambda: aborted() > before, deadline_s=30, what="the generation to be aborted")
+        wait_until(lambda: aborted() > before, timeout=30, what="the generation to be aborted")
     finally:
         client.close()
 
@@ -393,8 +384,8 @@ def test_proxy_needs_a_running_model(jupyter: JupyterServer) -> None:
 def test_sidecar_is_restarted_after_a_crash(jupyter: JupyterServer, proxied_model: str) -> None:
     before = jupyter.status()["sidecar"]
     os.kill(before["pid"], signal.SIGKILL)
-    after = wait_for(lambda: (s := jupyter.status()["sidecar"])["pid"] != before["pid"] and s["running"] and s,
-                     deadline_s=30, what="a new sidecar process")
+    after = wait_until(lambda: (s := jupyter.status()["sidecar"])["pid"] != before["pid"] and s["running"] and s,
+                       timeout=30, what="a new sidecar process")
     assert after["restarts"] == before["restarts"] + 1 and after["url"] == before["url"]
     oai = openai_client(jupyter)
 
@@ -407,7 +398,7 @@ def test_sidecar_is_restarted_after_a_crash(jupyter: JupyterServer, proxied_mode
             return False
         return bool(r.choices[0].message.content)
 
-    wait_for(serves, deadline_s=60, what="the restarted sidecar to serve", interval=0.3)
+    wait_until(serves, timeout=60, what="the restarted sidecar to serve", interval=0.3)
     assert httpx.get(jupyter.url + "/api/status", headers=jupyter.headers, timeout=10).status_code == 200
 
 
@@ -489,8 +480,8 @@ def test_attach_to_a_configured_scheduler(jupyter: JupyterServer, tmp_path: Path
         assert server.proc is not None
         server.proc.kill()
         server.proc.wait(timeout=30)
-    wait_for(lambda: not sidecar.is_running() or sidecar.status() == psutil.STATUS_ZOMBIE, deadline_s=30,
-             what="the orphaned sidecar to exit")
+    wait_until(lambda: not sidecar.is_running() or sidecar.status() == psutil.STATUS_ZOMBIE, timeout=30,
+               what="the orphaned sidecar to exit")
     assert jupyter.status()["status"] == "ready"
     with jupyter.client() as http:
         assert len(http.get("/xnb/api/cluster").json()["workers"]) == 1

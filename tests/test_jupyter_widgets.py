@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_jupyter import JupyterServer, shared_server, wait_for
+from support import wait_until
+from test_jupyter import JupyterServer, shared_server
 
 import xnb
 from xnb.jupyter.views import launch_progress
@@ -70,10 +71,10 @@ def test_panel_parts_and_catalog_filters(panel: Panel) -> None:
     assert [value for _, value in catalog.list.options] == [SMOL]
     assert catalog.count.value == f"1 of {len(catalog.rows)} models"
     catalog.list.value = SMOL  # shows the engines that can serve it (in the background)
-    wait_for(lambda: "llama-cpp" in catalog.details.value, deadline_s=30, what="the engines table")
+    wait_until(lambda: "llama-cpp" in catalog.details.value, timeout=30, what="the engines table")
     catalog.use.click()
     assert panel.launch_form.model.value == SMOL and panel.tabs.selected_index == 1
-    wait_for(lambda: "llama-cpp" in [v for _, v in panel.launch_form.engine.options], deadline_s=30,
+    wait_until(lambda: "llama-cpp" in [v for _, v in panel.launch_form.engine.options], timeout=30,
              what="the launch form's engines")
     cluster = panel.cluster
     assert "1 worker(s)" in cluster.summary.value and "2 cores" in cluster.summary.value
@@ -87,7 +88,7 @@ def test_launch_chat_and_terminate_from_the_panel(panel: Panel) -> None:
     seen: list[float] = []
     form.progress.observe(lambda change: seen.append(change["new"]), names="value")
     form.button.click()  # the launch runs in a background thread
-    wait_for(lambda: form.progress.bar_style == "success", deadline_s=120, what="the launch to finish")
+    wait_until(lambda: form.progress.bar_style == "success", timeout=120, what="the launch to finish")
     assert form.progress.value == 1.0 and "wd-smol" in form.message.value
     assert seen == sorted(seen) and seen[-1] == 1.0  # the bar only moves forward
     assert not form.button.disabled
@@ -103,8 +104,8 @@ def test_launch_chat_and_terminate_from_the_panel(panel: Panel) -> None:
     chat.input.value = "Say hello."
     chat.max_tokens.value = 12
     chat.send.click()
-    wait_for(lambda: len(chat.histories.get("wd-smol", [])) == 2 and not chat.send.disabled,
-             deadline_s=90, what="the streamed answer")
+    wait_until(lambda: len(chat.histories.get("wd-smol", [])) == 2 and not chat.send.disabled,
+             timeout=90, what="the streamed answer")
     answer = chat.histories["wd-smol"][1]
     assert answer["role"] == "assistant" and answer["content"]
     assert "assistant" in chat.transcript.value and chat.input.value == ""
@@ -112,7 +113,7 @@ def test_launch_chat_and_terminate_from_the_panel(panel: Panel) -> None:
     assert [c.value for c in panel.models._cells["wd-smol"]][6] == "1"  # requests served
 
     rows["wd-smol"].children[-1].click()  # Terminate
-    wait_for(lambda: "wd-smol" not in panel.models._cells, deadline_s=60, what="the row to go")
+    wait_until(lambda: "wd-smol" not in panel.models._cells, timeout=60, what="the row to go")
     assert "wd-smol" not in chat.model.options
 
 
@@ -120,8 +121,8 @@ def test_background_refresh_sees_other_clients(client: Any) -> None:
     panel = Panel(client, refresh_s=0.3)
     try:
         client.launch(SMOL, uid="wd-other", wait=False)
-        wait_for(lambda: "wd-other" in panel.models._cells, deadline_s=30, what="the refresh to show the model")
-        wait_for(lambda: panel.models._cells["wd-other"][2].value == "ready", deadline_s=120,
+        wait_until(lambda: "wd-other" in panel.models._cells, timeout=30, what="the refresh to show the model")
+        wait_until(lambda: panel.models._cells["wd-other"][2].value == "ready", timeout=120,
                  what="the status to reach ready")
         newer = Panel(client, refresh_s=0.3)  # a newer panel takes over refreshing
         try:

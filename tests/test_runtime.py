@@ -14,12 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support import wait_until
 from xnb.client import Client
 from xnb.cluster import start_local_cluster
 from xnb.errors import (
@@ -44,19 +44,6 @@ LAUNCH_TIMEOUT = 120
 # Models these tests launch use one llama.cpp thread: the 2-core machine is shared (other test
 # processes, other models), and llama.cpp's spinning threads slow down badly when oversubscribed.
 ONE_THREAD = {"n_threads": 1}
-
-
-def wait_for(predicate: Callable[[], Any], *, deadline_s: float = 60.0, what: str = "condition",
-             interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_status(client: Client, uid: str, status: str, deadline_s: float = 60.0) -> dict[str, Any]:
@@ -312,8 +299,8 @@ def test_cross_process_launch_use_terminate(client: Client, smol, xnb_settings: 
         launched = _subprocess(client.scheduler_address, "launch", uid, xnb_settings.home)
         assert launched["status"] == "ready"
         # The launching process has exited and the scheduler has forgotten its client...
-        wait_for(lambda: launched["client"] not in _scheduler_clients(client), deadline_s=30,
-                 what="the scheduler to drop the exited client")
+        wait_until(lambda: launched["client"] not in _scheduler_clients(client), timeout=30,
+                   what="the scheduler to drop the exited client")
         # ...and the model is still ready, and usable from here.
         (record,) = [m for m in client.list() if m["uid"] == uid]
         assert record["status"] == "ready"
@@ -411,7 +398,7 @@ def test_killed_worker_turns_its_replicas_lost(tmp_path: Path):
             record = own._sync(own.manager.describe, "phoenix")
             return record if record["status"] == "ready" else None
 
-        record = wait_for(relaunched, deadline_s=90, what="phoenix to be relaunched", interval=0.2)
+        record = wait_until(relaunched, timeout=90, what="phoenix to be relaunched", interval=0.2)
         (replica,) = record["replicas"]
         assert replica["worker"] != target and replica["attempts"] == 2
         kinds = [e["kind"] for e in own._sync(own.manager.events, "phoenix")]
@@ -426,6 +413,16 @@ def test_killed_worker_turns_its_replicas_lost(tmp_path: Path):
         if own is not None:
             own.close()
         cluster.close()
+
+
+def test_ctrl_c_to_the_process_group_spares_the_embedded_workers(client: Client, smol):
+    """Ctrl-C in a terminal or *interrupt kernel* signals the whole process group;
+    the embedded cluster's workers must not die of it (their parent stops them)."""
+    (address, pid), = client.dask.run(os.getpid).items()
+    assert client.dask.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)[address]
+    os.kill(pid, signal.SIGINT)  # an ignored signal is discarded when sent
+    assert client.dask.run(os.getpid) == {address: pid}
+    assert smol.chat("Hi", max_tokens=2)["usage"]["completion_tokens"] <= 2
 
 
 def test_bad_catalog_entries_fail_clearly_and_the_cluster_keeps_serving(
@@ -547,7 +544,7 @@ def test_closing_a_stream_aborts_the_generation(launch):
                 and engine["running"] == 0 and info["streams"] == 0)
         return info if done else None
 
-    info = wait_for(aborted, deadline_s=20, what="the replica to report the aborted stream")
+    info = wait_until(aborted, timeout=20, what="the replica to report the aborted stream")
     assert info["inflight"] == 0
     assert info["engine"]["tokens_generated"] < 400
     assert info["engine"]["kv_cells_active"] == 0

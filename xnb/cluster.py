@@ -130,6 +130,7 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
         scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))], "dashboard": settings.dashboard},
         worker_class=overrides.pop("worker_class", None) or _default_worker_class(),
         env={"XNB_HOME": str(settings.home)},
+        preload=["xnb.local_worker"],  # workers ignore Ctrl-C: this process stops them
         security=security,
         protocol="tls://" if security is not None else "tcp://",
         **overrides,

@@ -104,7 +104,10 @@ class SidecarProcess:
             if self._stopping.is_set():
                 return
             self._started_at = time.monotonic()
-            self._proc = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL)
+            # Its own session: Ctrl-C at the Jupyter server's terminal (which asks before
+            # shutting down) must not kill it; stop() and the parent watch end it.
+            self._proc = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
             logger.info("xnb sidecar started (pid %s) at %s", self._proc.pid, self.url)
 
     def _watch(self) -> None:
