@@ -146,7 +146,10 @@ def place(
         if not eligible:
             detail = "; ".join(f"{addr}: {why}" for addr, why in sorted(reasons.items()))
             placed = f" ({len(chosen)} of {replicas} placed)" if chosen else ""
-            raise PlacementFailed(f"no worker can take the replica{placed}: {detail}")
+            raise PlacementFailed(
+                f"no worker can take the replica{placed}: {detail}. Free room (`xnb terminate UID`), "
+                "add a worker (`xnb worker SCHEDULER`), or ask for fewer replicas or GPUs"
+            )
         best = min(
             eligible,
             key=lambda w: (len(w.placed), -(w.memory_free or 0), w.address),
