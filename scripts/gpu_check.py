@@ -2,9 +2,10 @@
 
 CI has no GPU, so this is not part of the test suite; run it where there is one.
 
-    python scripts/gpu_check.py prepare DIR     # small models with real tokenizers (needs the packaged models)
-    python scripts/gpu_check.py run DIR         # on the GPU machine: prints a JSON report
-    python scripts/gpu_check.py run DIR --cpu   # the same flow without a GPU (checks the script itself)
+    python scripts/gpu_check.py prepare DIR [--convert CONVERT_HF_TO_GGUF]
+                                                # small models with real tokenizers (needs the packaged models)
+    python scripts/gpu_check.py run DIR [--gguf]        # on the GPU machine: prints a JSON report
+    python scripts/gpu_check.py run DIR --cpu [--gguf]  # the same flow without a GPU (checks the script)
 
 ``prepare`` writes two small, randomly initialised models that use the packaged
 models' real tokenizers and chat template (the packaged models themselves are
@@ -23,7 +24,14 @@ every step of serving runs: the checks compare paths, not answers.
    that says why, and the cluster keeps serving; once the model is terminated, the
    GPU is free again;
 4. a sentence-transformers model on the GPU gives the vectors that
-   ``SentenceTransformer.encode`` gives on the same device (cosine ≥ 0.999).
+   ``SentenceTransformer.encode`` gives on the same device (cosine ≥ 0.999);
+5. with ``--gguf`` (a GPU build of llama-cpp-python on the worker, and the small
+   Llama converted to GGUF by ``prepare --convert``, llama.cpp's own
+   ``convert_hf_to_gguf.py``): the llama.cpp engine offloads every layer to GPU 0,
+   greedy chat streamed equals non-streamed, four concurrent requests are served
+   in one batch, and the KV cells in use return to zero.  Whether the four give
+   the same text as one at a time is reported, not required: batch invariance is
+   a property of llama.cpp's CPU kernels (docs/architecture.md), not of CUDA's.
 """
 
 from __future__ import annotations
@@ -41,10 +49,12 @@ from typing import Any, Callable
 
 LLM = "gpu-check-llama"
 EMBED = "gpu-check-bert"
+GGUF = "gpu-check-gguf"
 TEXTS = ["The cat sits on the mat.", "GPUs multiply matrices.", "Ünïcödé and 日本語 text."]
+GGUF_FILE = "tiny-llama-f16.gguf"
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, convert: Path | None) -> None:
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
@@ -59,6 +69,7 @@ def prepare(out: Path) -> None:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        initializer_range=0.2,  # larger than the default 0.02, so greedy text depends on the prompt
     )
     llm_dir = out / "llama"
     LlamaForCausalLM(config).save_pretrained(llm_dir)
@@ -72,7 +83,12 @@ def prepare(out: Path) -> None:
         word = models.Transformer(raw, max_seq_length=128)
         pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
         SentenceTransformer(modules=[word, pooling, models.Normalize()]).save(str(out / "bert"))
-    print(f"prepared {llm_dir} and {out / 'bert'}")
+    if convert is not None:  # llama.cpp's converter, with its gguf-py next to it
+        paths = [str(convert.parent / "gguf-py"), str(convert.parent), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        subprocess.run([sys.executable, str(convert), str(llm_dir), "--outtype", "f16",
+                        "--outfile", str(out / GGUF_FILE)], env=env, check=True)
+    print(f"prepared {sorted(p.name for p in out.iterdir())} in {out}")
 
 
 def _free_port() -> int:
@@ -91,18 +107,57 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _family(name: str, path: Path, abilities: list[str]) -> dict[str, Any]:
+def _family(name: str, path: Path, abilities: list[str], fmt: str = "pytorch",
+            quantization: str = "none") -> dict[str, Any]:
     return {
         "name": name,
         "description": "gpu_check.py: a small random model with a real tokenizer",
         "abilities": abilities,
         "context_length": 2048,
-        "specs": [{"format": "pytorch", "size": "7m", "quantizations": ["none"],
+        "specs": [{"format": fmt, "size": "7m", "quantizations": [quantization],
                    "sources": [{"kind": "local", "path": str(path)}]}],
     }
 
 
-def run(models: Path, cpu: bool) -> dict[str, Any]:
+def _chat_both_ways(model: Any, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+    """Greedy chat, non-streamed and streamed: the same text, within max_tokens."""
+    whole = model.chat(messages, max_tokens=max_tokens, temperature=0)
+    streamed = "".join(c["choices"][0]["delta"].get("content") or ""
+                       for c in model.chat(messages, max_tokens=max_tokens, temperature=0, stream=True)
+                       if c.get("choices"))
+    text = whole["choices"][0]["message"]["content"]
+    assert whole["usage"]["completion_tokens"] <= max_tokens, whole["usage"]
+    assert streamed == text, (streamed, text)
+    return {"text": text, "usage": whole["usage"], "finish_reason": whole["choices"][0]["finish_reason"]}
+
+
+def _check_gguf(client: Any, models: Path, gpus: int) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client._sync(lambda: client.manager.register(
+        _family(GGUF, models / GGUF_FILE, ["chat", "generate"], fmt="gguf", quantization="f16")))
+    model = client.launch(GGUF, engine="llama-cpp", gpus=gpus, engine_options={"max_num_seqs": 4}, timeout=300)
+    out: dict[str, Any] = {"replica_gpus": model.record["replicas"][0]["gpus"],
+                           "load": model.info()[0].get("load")}
+    if gpus:
+        assert out["replica_gpus"] == [0] and out["load"]["n_gpu_layers"] == -1, out
+    out["chat"] = _chat_both_ways(model, [{"role": "user", "content": "Name three colours."}], 16)
+    prompts = [[{"role": "user", "content": f"Tell me about {t}."}] for t in ("rain", "bread", "trains", "cats")]
+    alone = [model.chat(p, max_tokens=24, temperature=0)["choices"][0]["message"]["content"] for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: model.chat(p, max_tokens=24, temperature=0)
+                                 ["choices"][0]["message"]["content"], prompts))
+    engine = model.info()[0]["engine"]
+    out["batch"] = {"same_text_together_as_alone": alone == together, "max_batch_seqs": engine["max_batch_seqs"],
+                    "kv_cells_active": engine["kv_cells_active"], "steps": engine["steps"]}
+    assert engine["max_batch_seqs"] >= 2 and engine["kv_cells_active"] == 0, engine
+    client.terminate(GGUF)
+    return out
+
+
+def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_gguf: bool,
+        log_copy: Path | None) -> None:
+    """Run the checks, filling ``report`` as they pass (it keeps what ran if one fails)."""
     import numpy as np
 
     from xnb.client import Client
@@ -110,7 +165,7 @@ def run(models: Path, cpu: bool) -> dict[str, Any]:
     from xnb.settings import XnbSettings
 
     models = models.resolve()
-    report: dict[str, Any] = {"cpu_mode": cpu}
+    report["cpu_mode"] = cpu
     home = Path(tempfile.mkdtemp(prefix="xnb-gpu-check-"))
     env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("XNB_SCHEDULER_ADDRESS", None)
@@ -131,6 +186,10 @@ def run(models: Path, cpu: bool) -> dict[str, Any]:
         if not cpu:
             assert workers[0]["gpus"] >= 1, f"the worker advertises no GPU: {workers[0]['resources']}"
 
+        if only_gguf:  # llama.cpp alone in a fresh worker (no torch CUDA context beside it)
+            report["gguf"] = _check_gguf(client, models, gpus)
+            report["ok"] = True
+            return
         for name, sub, abilities in ((LLM, "llama", ["chat", "generate"]), (EMBED, "bert", ["embed"])):
             client._sync(lambda f=_family(name, models / sub, abilities): client.manager.register(f))
 
@@ -143,15 +202,7 @@ def run(models: Path, cpu: bool) -> dict[str, Any]:
             assert replica["gpus"] == [0], replica
             assert "cuda:0" in json.dumps(info), f"the engine did not load on cuda:0: {info}"
         messages = [{"role": "user", "content": "Name three colours."}]
-        whole = llm.chat(messages, max_tokens=12, temperature=0)
-        streamed = "".join(c["choices"][0]["delta"].get("content") or ""
-                           for c in llm.chat(messages, max_tokens=12, temperature=0, stream=True)
-                           if c.get("choices"))
-        text = whole["choices"][0]["message"]["content"]
-        assert whole["usage"]["completion_tokens"] <= 12, whole["usage"]
-        assert streamed == text, (streamed, text)
-        report["llm"]["chat"] = {"text": text, "usage": whole["usage"],
-                                 "finish_reason": whole["choices"][0]["finish_reason"]}
+        report["llm"]["chat"] = _chat_both_ways(llm, messages, 12)
 
         # 3. the GPU is taken: a launch pinned to it is refused, and the cluster keeps serving
         if not cpu:
@@ -177,8 +228,11 @@ def run(models: Path, cpu: bool) -> dict[str, Any]:
         if not cpu:
             assert emb.record["replicas"][0]["gpus"] == [0]
         client.terminate(EMBED)
+
+        # 5. llama.cpp on the GPU
+        if gguf:
+            report["gguf"] = _check_gguf(client, models, gpus)
         report["ok"] = True
-        return report
     finally:
         if client is not None:
             client.close()
@@ -190,6 +244,8 @@ def run(models: Path, cpu: bool) -> dict[str, Any]:
                 proc.kill()
         log.close()
         report["log_tail"] = (home / "processes.log").read_text(errors="replace")[-4000:]
+        if log_copy is not None:
+            log_copy.write_text((home / "processes.log").read_text(errors="replace"))
 
 
 def main() -> None:
@@ -197,17 +253,22 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the small models into DIR")
     p.add_argument("dir", type=Path)
+    p.add_argument("--convert", type=Path, help="llama.cpp's convert_hf_to_gguf.py: also write a GGUF")
     r = sub.add_parser("run", help="run the checks against the models in DIR")
     r.add_argument("dir", type=Path)
     r.add_argument("--cpu", action="store_true", help="no GPU: run the same flow on the CPU")
+    r.add_argument("--gguf", action="store_true", help="also check llama.cpp (needs prepare --convert)")
+    r.add_argument("--only-gguf", action="store_true", help="check llama.cpp alone, in a fresh worker")
     r.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.dir)
+        prepare(args.dir, args.convert)
         return
     report: dict[str, Any] = {}
+    log_copy = args.out.with_suffix(".processes.log") if args.out else None
     try:
-        report = run(args.dir, args.cpu)
+        run(args.dir, report, cpu=args.cpu, gguf=args.gguf or args.only_gguf, only_gguf=args.only_gguf,
+            log_copy=log_copy)
     finally:
         text = json.dumps(report, indent=2, default=str)
         print(text)

@@ -11,10 +11,12 @@ import json
 
 import llama_cpp
 import pytest
-from helpers_llama import chat, make_engine, run_one, run_together, submit
+from helpers_llama import SMOL, chat, make_engine, run_one, run_together, smol_path, submit
 
-from xnb.engines.base import GenerateRequest, SamplingParams, Sink
-from xnb.errors import InvalidRequest
+from xnb.catalog import Catalog
+from xnb.engines import get_engine
+from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink
+from xnb.errors import InvalidRequest, LaunchFailed
 
 GRID = 2  # reuse leaves the last 2 prompt tokens to evaluate
 
@@ -274,3 +276,12 @@ def test_prefix_cache_does_not_change_greedy_output(long_alone):
             long_alone[1].text, long_alone[0].text, long_alone[1].text]
     finally:
         eng.unload()
+
+
+@pytest.mark.skipif(llama_cpp.llama_supports_gpu_offload(), reason="this llama-cpp-python build can use GPUs")
+def test_a_gpu_replica_on_a_cpu_only_build_fails_instead_of_running_on_the_cpu():
+    spec = Catalog().resolve(SMOL, engine="llama-cpp")
+    cls = get_engine("llama-cpp")
+    engine = cls(spec, smol_path(), cls.Options(), ReplicaResources(threads=1, gpus=[0]))
+    with pytest.raises(LaunchFailed, match=r"without GPU support.*-DGGML_CUDA=on.*gpus=0"):
+        engine.load()

@@ -550,3 +550,15 @@ def test_closing_a_stream_aborts_the_generation(launch):
     assert info["engine"]["kv_cells_active"] == 0
     # The replica still serves.
     assert model.chat("Hello", max_tokens=4, temperature=0)["usage"]["completion_tokens"] <= 4
+
+
+def test_cli_launch_asking_for_a_gpu_on_cpu_workers_is_refused_clearly(client: Client):
+    from click.testing import CliRunner
+
+    from xnb.cli import cli
+
+    result = CliRunner().invoke(cli, ["launch", SMOL, "--uid", "wants-gpu", "--gpus", "1",
+                                      "--scheduler", client.scheduler_address])
+    assert result.exit_code != 0
+    assert "409" in result.output and "has no GPU" in result.output and "xnb worker" in result.output, result.output
+    assert "wants-gpu" not in [m["uid"] for m in client.list()]

@@ -150,6 +150,8 @@ def launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--quantization", "-q", help="quantization, e.g. Q4_K_M"),
         click.option("--replicas", type=int, default=1, show_default=True, help="replicas to start"),
         click.option("--worker", "workers", multiple=True, help="pin to this worker (repeatable)"),
+        click.option("--gpus", type=click.IntRange(min=0),
+                     help="GPUs per replica (default: what the engine needs; llama.cpp: 0, vLLM: 1)"),
         click.option("--gpu-idx", "gpu_idx", type=int, multiple=True, help="pin to these GPU indices"),
         click.option("--max-queue", type=int, help="requests a replica queues before answering 429"),
         click.option("--restart", type=click.Choice(["never", "on-failure"]), default="never",
@@ -182,7 +184,7 @@ def launch_model(client: Any, name: str, *, quiet: bool = False, **kw: Any) -> A
         "uid": kw.get("uid"), "engine": kw.get("engine"), "format": kw.get("fmt"), "size": kw.get("size"),
         "quantization": kw.get("quantization"), "replicas": kw.get("replicas", 1),
         "workers": list(kw.get("workers") or []) or None, "gpu_idx": list(kw.get("gpu_idx") or []) or None,
-        "max_queue": kw.get("max_queue"), "restart": kw.get("restart", "never"),
+        "gpus": kw.get("gpus"), "max_queue": kw.get("max_queue"), "restart": kw.get("restart", "never"),
         "keep_alive": kw.get("keep_alive"),
         "engine_options": _parse_engine_options(tuple(kw.get("engine_option") or ())),
     }

@@ -13,6 +13,7 @@ import ctypes
 import json
 import logging
 import math
+import sys
 import threading
 from typing import Any, Literal
 
@@ -70,6 +71,7 @@ def _init_backend() -> None:
     with _backend_lock:
         if _backend_ready:
             return
+        _share_libstdcxx()
         import llama_cpp
 
         levels = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
@@ -85,6 +87,24 @@ def _init_backend() -> None:
 
 
 _log_callback: Any = None
+
+
+def _share_libstdcxx() -> None:
+    """Put the C++ runtime in the process's global symbol scope before llama.cpp loads.
+
+    Seen on an H200 with a CUDA build of llama-cpp-python (GCC 13, CUDA 13): when
+    numpy had loaded libstdc++ first (every Dask worker imports numpy), llama.cpp
+    bound some C++ runtime symbols to copies inside libggml-cuda.so and crashed
+    (SIGSEGV compiling the tokenizer's std::regex in ``llama_model_load_from_file``),
+    taking the worker down.  With libstdc++ global, every library binds to the one
+    runtime.  Harmless where there is no such problem (it is already loaded).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # no system C++ runtime under that name: nothing to share
+        pass
 
 
 class LlamaCppEngine(Engine):
@@ -112,6 +132,13 @@ class LlamaCppEngine(Engine):
         opts = self.options
         mparams = llama_cpp.llama_model_default_params()
         gpus = self.resources.gpus
+        if gpus and not llama_cpp.llama_supports_gpu_offload():
+            raise LaunchFailed(
+                f"this replica was given GPU {gpus}, but the worker's llama-cpp-python was built "
+                "without GPU support, so the model would run on the CPU; reinstall it there with "
+                "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-binary llama-cpp-python "
+                "llama-cpp-python, or launch with gpus=0"
+            )
         if gpus:  # the Supervisor gave this replica these devices
             mparams.n_gpu_layers = -1 if opts.n_gpu_layers is None else opts.n_gpu_layers
             mparams.main_gpu = gpus[0]
@@ -182,6 +209,8 @@ class LlamaCppEngine(Engine):
             "n_ctx": self.n_ctx,
             "threads": threads,
             "max_num_seqs": opts.max_num_seqs,
+            "gpus": list(gpus),
+            "n_gpu_layers": int(mparams.n_gpu_layers),
             "model_bytes": int(llama_cpp.llama_model_size(model)),
             "chat_template": "gguf" if source and not opts.chat_template and not self.spec.chat_template else ("custom" if source else None),
         }
