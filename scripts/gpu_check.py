@@ -134,8 +134,8 @@ def _chat_both_ways(model: Any, messages: list[dict[str, Any]], max_tokens: int)
 def _check_gguf(client: Any, models: Path, gpus: int) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
-    client._sync(lambda: client.manager.register(
-        _family(GGUF, models / GGUF_FILE, ["chat", "generate"], fmt="gguf", quantization="f16")))
+    client._sync(client.manager.register,
+                 _family(GGUF, models / GGUF_FILE, ["chat", "generate"], fmt="gguf", quantization="f16"))
     model = client.launch(GGUF, engine="llama-cpp", gpus=gpus, engine_options={"max_num_seqs": 4}, timeout=300)
     out: dict[str, Any] = {"replica_gpus": model.record["replicas"][0]["gpus"],
                            "load": model.info()[0].get("load")}
@@ -191,7 +191,7 @@ def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_ggu
             report["ok"] = True
             return
         for name, sub, abilities in ((LLM, "llama", ["chat", "generate"]), (EMBED, "bert", ["embed"])):
-            client._sync(lambda f=_family(name, models / sub, abilities): client.manager.register(f))
+            client._sync(client.manager.register, _family(name, models / sub, abilities))
 
         # 2. a transformers model on GPU 0
         llm = client.launch(LLM, engine="transformers", gpus=gpus, timeout=300)
