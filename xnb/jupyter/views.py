@@ -207,15 +207,16 @@ class LaunchForm(w.VBox):
             self.show_progress(model.record)
             self.panel.background(self.panel.refresh)
             model.wait(on_progress=self.show_progress)
-            self.progress.bar_style = "success"
-            self.message.value = f"<b>{html.escape(model.uid)}</b> is ready"
-            return model
         except Exception:
             self.progress.bar_style = "danger"
             raise
         finally:
             self.button.disabled = False
             self.panel.refresh()
+        # Only now: when the form says ready, the models table says so too.
+        self.progress.bar_style = "success"
+        self.message.value = f"<b>{html.escape(model.uid)}</b> is ready"
+        return model
 
     def show_progress(self, record: dict[str, Any]) -> None:
         fraction, text = launch_progress(record)
