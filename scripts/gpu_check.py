@@ -97,6 +97,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,7 +181,7 @@ def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_ggu
     procs = [subprocess.Popen([*cmd, "scheduler", "--port", str(port)], env=env, stdout=log, stderr=log)]
     client = None
     try:
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 60, "the scheduler")
+        _wait(lambda: _listening(port), 60, "the scheduler")
         procs.append(subprocess.Popen([*cmd, "worker", address, "--nthreads", "4"], env=env, stdout=log,
                                       stderr=log))
         client = Client(address, settings=XnbSettings(home=home))

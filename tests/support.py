@@ -6,16 +6,12 @@ import socket
 import time
 from typing import Any
 
+from xnb.jupyter.sidecar import free_port  # noqa: F401  (re-exported: one free_port for the tests)
+
 SMOL = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 INFERENCE_KEY = "sk-inference-test"
 ADMIN_KEY = "sk-admin-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

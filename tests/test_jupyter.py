@@ -24,17 +24,11 @@ import openai
 import psutil
 import pytest
 
-from support import wait_until
+from support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
 TOKEN = "xnb-jupyter-test-token"
-
-
-def free_port() -> int:
-    from xnb.jupyter.sidecar import free_port as pick
-
-    return pick()
 
 
 class JupyterServer:
