@@ -21,7 +21,7 @@ from typing import Any
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
 from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink
-from xnb.hub import package_path
+from xnb.catalog.files import package_path
 
 TOPICS = ["a lighthouse", "the desert", "a violin", "winter", "a library", "bread", "trains", "the moon",
           "a garden", "rain", "coffee", "a city at night", "mountains", "friendship", "a cat", "the sea"]

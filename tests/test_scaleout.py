@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from xnb.client import Client
-from xnb.cluster import temporary_security
+from xnb.runtime.cluster import temporary_security
 from xnb.errors import ModelNotFound
 from xnb.settings import XnbSettings
 
@@ -224,7 +224,7 @@ def test_local_tls_cluster(tmp_path: Path) -> None:
     from distributed import Client as DaskClient
 
     from xnb.client import connect
-    from xnb.cluster import remove_runtime_file, start_local_cluster, write_runtime_file
+    from xnb.runtime.cluster import remove_runtime_file, start_local_cluster, write_runtime_file
 
     settings = XnbSettings(home=tmp_path / "home", tls=True, n_workers=1, threads_per_worker=1)
     cluster = start_local_cluster(settings)

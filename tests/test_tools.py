@@ -1,4 +1,4 @@
-"""Tool calling and structured output: xnb/tools.py units, then every mode through the
+"""Tool calling and structured output: xnb/openai/tools.py units, then every mode through the
 real sidecar with the packaged SmolLM2 and the official `openai` client."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from xnb.engines.base import GenerateRequest
 from xnb.engines.transformers import TransformersEngine
 from xnb.errors import InvalidRequest, UnsupportedParameter
-from xnb.tools import (
+from xnb.openai.tools import (
     ToolCallStream,
     auto_choice,
     call_schema,

@@ -17,20 +17,20 @@ import pytest
 import xnb.catalog  # noqa: F401
 from xnb import errors as E
 from xnb.engines.base import StopChecker, Utf8Decoder
-from xnb.openai_requests import (
+from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse_request,
 )
-from xnb.openai_shapes import (
+from xnb.openai.shapes import (
     ChunkBuilder,
     chat_completion,
     collect_choices,
     completion,
     embedding_list,
 )
-from xnb.placement import (
+from xnb.runtime.placement import (
     MB,
     Needs,
     PlacedReplica,
@@ -39,7 +39,7 @@ from xnb.placement import (
     estimate_memory,
     place,
 )
-from xnb.registry import model_status
+from xnb.runtime.registry import model_status
 
 GB = 1024 * MB
 

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 
-from xnb.cluster import (
+from xnb.runtime.cluster import (
     ensure_supervisor,
     ensure_supervisor_async,
     find_running_cluster,
@@ -25,7 +25,7 @@ from xnb.cluster import (
 )
 from xnb.errors import ClusterUnavailable
 from xnb.manager import ModelManager
-from xnb.openai_requests import (
+from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,

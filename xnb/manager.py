@@ -4,12 +4,12 @@ The API sidecar's routes, the Jupyter handlers, the ``%xnb`` magics, the
 widgets, the CLI and :class:`xnb.Client` all go through this class.  It has
 no HTTP in it: it asks the Supervisor (scheduler handlers) about models and
 calls model actors directly on their workers, and it speaks OpenAI shapes
-(:mod:`xnb.openai_shapes`).
+(:mod:`xnb.openai.shapes`).
 
 A request's path: ``chat()`` → :meth:`_route` (the model's replicas, cached
 briefly) → :meth:`_pick` (the ready replica with the fewest outstanding
 requests) → :class:`ActorRef` (``actor_execute`` on that worker) →
-:class:`xnb.actor.ModelActor` → engine.
+:class:`xnb.runtime.actor.ModelActor` → engine.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 from distributed.core import ConnectionPool
 
-from xnb import openai_shapes as shapes
-from xnb.actor import ActorRef
+from xnb.openai import shapes
+from xnb.runtime.rpc import ActorRef
 from xnb.engines.base import GenerateRequest
 from xnb.errors import (
     ClusterUnavailable,
@@ -36,12 +36,12 @@ from xnb.errors import (
     XnbError,
     error_from_dict,
 )
-from xnb.openai_requests import (
+from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
 )
-from xnb.openai_shapes import ChunkBuilder, collect_choices
+from xnb.openai.shapes import ChunkBuilder, collect_choices
 
 __all__ = ["ModelManager", "StreamEvent"]
 
@@ -173,7 +173,7 @@ class ModelManager:
 
     async def cached(self) -> dict[str, list[dict[str, Any]]]:
         """Model files cached on each worker."""
-        from xnb.hub import cached_models
+        from xnb.catalog.files import cached_models
         from xnb.settings import XnbSettings
 
         def on_worker() -> list[dict[str, Any]]:

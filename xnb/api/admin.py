@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xnb.api.openai import read_json
 from xnb.manager import ModelManager
-from xnb.openai_requests import parse_request
+from xnb.openai.requests import parse_request
 
 __all__ = ["router", "LaunchBody"]
 

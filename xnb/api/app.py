@@ -21,7 +21,7 @@ from xnb.api import admin, openai
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
-from xnb.cluster import ensure_supervisor_async, find_running_cluster, security_for
+from xnb.runtime.cluster import ensure_supervisor_async, find_running_cluster, security_for
 from xnb.errors import ClusterUnavailable, XnbError
 from xnb.manager import ModelManager
 from xnb.settings import XnbSettings

@@ -2,7 +2,7 @@
 ``/v1/completions``, ``/v1/embeddings``.
 
 Each route parses the body into the shared request models
-(:mod:`xnb.openai_requests`) and hands it to the
+(:mod:`xnb.openai.requests`) and hands it to the
 :class:`~xnb.manager.ModelManager` on ``app.state``.  Streams are Server-Sent
 Events ending in ``data: [DONE]``; errors before the first token are ordinary
 HTTP errors, a failure mid-stream is a final ``data: {"error": ...}`` event.
@@ -20,13 +20,13 @@ from fastapi.responses import StreamingResponse
 from xnb.api.metrics import Metrics, RequestTimer
 from xnb.errors import InvalidRequest, XnbError
 from xnb.manager import ModelManager
-from xnb.openai_requests import (
+from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse_request,
 )
-from xnb.openai_shapes import model_object
+from xnb.openai.shapes import model_object
 
 __all__ = ["router", "read_json"]
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from xnb.errors import XnbError
-from xnb.registry import progress_line
+from xnb.runtime.registry import progress_line
 from xnb.settings import XnbSettings
 
 __all__ = ["cli", "settings_options", "make_settings", "connect_client", "launch_model", "progress_printer", "scheduler_option", "echo_json", "table"]
@@ -78,7 +78,7 @@ scheduler_option = settings_options("scheduler_address")
 
 def connect_client(scheduler_address: str | None) -> Any:
     from xnb.client import Client
-    from xnb.cluster import find_running_cluster
+    from xnb.runtime.cluster import find_running_cluster
 
     settings = make_settings(scheduler_address=scheduler_address)
     address = find_running_cluster(settings)

@@ -27,7 +27,7 @@ def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
     """Start a local xnb cluster (and the API at http://127.0.0.1:9997) until Ctrl-C."""
     from xnb.api import run_sidecar
     from xnb.client import Client
-    from xnb.cluster import (
+    from xnb.runtime.cluster import (
         find_running_cluster,
         remove_runtime_file,
         start_local_cluster,
@@ -88,13 +88,13 @@ def scheduler(port: int, bind_host: str, **flags: Any) -> None:
 
     from distributed import Scheduler
 
-    from xnb.cluster import (
+    from xnb.runtime.cluster import (
         configure_dask,
         remove_runtime_file,
         security_for,
         write_runtime_file,
     )
-    from xnb.supervisor import Supervisor
+    from xnb.runtime.supervisor import Supervisor
 
     settings = make_settings(**flags)
     configure_dask()
@@ -138,8 +138,8 @@ def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name
 
     from distributed import Nanny, Worker
 
-    from xnb.cluster import configure_dask, security_for
-    from xnb.gpu import detect_gpus
+    from xnb.runtime.cluster import configure_dask, security_for
+    from xnb.runtime.gpu import detect_gpus
 
     settings = make_settings(**flags)
     configure_dask()

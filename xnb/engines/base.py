@@ -2,7 +2,7 @@
 
 An engine loads one model replica and serves it.  It never builds OpenAI
 shapes: it takes a :class:`GenerateRequest` and pushes text deltas, a finish
-reason and token counts into a :class:`Sink`.  :mod:`xnb.openai_shapes`
+reason and token counts into a :class:`Sink`.  :mod:`xnb.openai.shapes`
 turns those into OpenAI objects, once, for every engine.
 
 Capabilities are class attributes (``abilities``, ``formats``,
@@ -100,7 +100,7 @@ class GenerateRequest(BaseModel):
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     tools: list[dict[str, Any]] | None = Field(
-        default=None, description="validated tools (xnb.tools.validate_tools)"
+        default=None, description="validated tools (xnb.openai.tools.validate_tools)"
     )
     tool_choice: str = Field(default="auto", description="none, auto, required or a function name")
     parallel_tool_calls: bool = True
@@ -324,8 +324,8 @@ class Engine(ABC):
 
     def prompt_text(self, request: GenerateRequest) -> str:
         """The text the model sees: the rendered chat template (tools described
-        the one xnb way, :func:`xnb.tools.prepare_messages`), or the raw prompt."""
-        from xnb.tools import prepare_messages
+        the one xnb way, :func:`xnb.openai.tools.prepare_messages`), or the raw prompt."""
+        from xnb.openai.tools import prepare_messages
 
         if request.kind == "completion":
             return request.prompt or ""

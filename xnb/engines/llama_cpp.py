@@ -29,7 +29,7 @@ from xnb.engines.base import (
     StopChecker,
 )
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
-from xnb.tools import auto_choice, tools_grammar
+from xnb.openai.tools import auto_choice, tools_grammar
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions"]
 

@@ -8,8 +8,8 @@
 * :mod:`xnb.jupyter.magics` — ``%load_ext xnb`` then ``%xnb help``.
 * :mod:`xnb.jupyter.widgets` — :func:`panel` (catalog, launch, models,
   cluster, chat).
-* :mod:`xnb.jupyter.batch` — call resident models from Dask tasks
-  (:func:`~xnb.jupyter.batch.embed_partition`).
+* :mod:`xnb.batch` — call resident models from Dask tasks
+  (:func:`~xnb.batch.embed_partition`).
 
 Importing this package imports nothing heavy; each part is imported when used.
 """

@@ -117,7 +117,7 @@ class XnbExtension(ExtensionApp):
             settings = self._xnb_settings = XnbSettings(**self._settings_overrides())
             address = settings.scheduler_address
             if address is None and self.attach_running:
-                from xnb.cluster import find_running_cluster
+                from xnb.runtime.cluster import find_running_cluster
 
                 address = await loop.run_in_executor(None, find_running_cluster, settings)
             if address is None:
@@ -145,7 +145,7 @@ class XnbExtension(ExtensionApp):
             self.state.error = f"{type(exc).__name__}: {exc}"
 
     async def _start_embedded(self, settings: Any) -> str:
-        from xnb.cluster import start_local_cluster
+        from xnb.runtime.cluster import start_local_cluster
 
         self.log.info("xnb: starting the embedded cluster (%s worker(s))", settings.n_workers)
         loop = asyncio.get_running_loop()
@@ -157,7 +157,7 @@ class XnbExtension(ExtensionApp):
     async def _connect(self, address: str, settings: Any) -> None:
         from distributed import Client
 
-        from xnb.cluster import ensure_supervisor_async
+        from xnb.runtime.cluster import ensure_supervisor_async
         from xnb.manager import ModelManager
 
         self._dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
@@ -188,7 +188,7 @@ class XnbExtension(ExtensionApp):
         """Let kernels (and other processes) find the cluster with no configuration."""
         api_url = self.state.sidecar.url if self.state.sidecar is not None else None
         if self.state.embedded:
-            from xnb.cluster import write_runtime_file
+            from xnb.runtime.cluster import write_runtime_file
 
             write_runtime_file(settings, address, api_url=api_url, jupyter_pid=os.getpid())
         if api_url is not None:
@@ -228,7 +228,7 @@ class XnbExtension(ExtensionApp):
                 self.log.warning("xnb: closing the Dask client: %s", exc)
             self._dask = None
         if self._cluster is not None:
-            from xnb.cluster import remove_runtime_file
+            from xnb.runtime.cluster import remove_runtime_file
 
             remove_runtime_file(self._xnb_settings)
             try:

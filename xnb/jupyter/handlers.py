@@ -202,7 +202,7 @@ class ModelsHandler(XnbHandler):
         from xnb.api.admin import (
             LaunchBody,  # the sidecar's launch schema: one definition
         )
-        from xnb.openai_requests import parse_request
+        from xnb.openai.requests import parse_request
 
         body = parse_request(LaunchBody, self.json_body())
         record = await self.manager.launch(**body.model_dump(exclude_none=True))

@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from xnb.errors import XnbError
-from xnb.registry import progress_line
+from xnb.runtime.registry import progress_line
 
 __all__ = ["HELP", "XnbMagics", "interpolate", "load_ipython_extension"]
 

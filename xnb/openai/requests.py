@@ -20,7 +20,7 @@ from pydantic import (
 
 from xnb.engines.base import GenerateRequest, SamplingParams
 from xnb.errors import InvalidRequest, UnsupportedParameter
-from xnb.tools import check_schema, resolve_tool_choice, validate_tools
+from xnb.openai.tools import check_schema, resolve_tool_choice, validate_tools
 
 __all__ = [
     "ChatCompletionRequest",

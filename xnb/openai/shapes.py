@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from xnb.tools import ToolCallStream, parse_tool_calls
+from xnb.openai.tools import ToolCallStream, parse_tool_calls
 
 __all__ = [
     "new_id",

@@ -1,6 +1,6 @@
 """Install xnb's Supervisor in a plain ``dask scheduler``:
 
-    dask scheduler --preload xnb.preload
+    dask scheduler --preload xnb.runtime.preload
 
 (``xnb scheduler`` does the same.)  The scheduler's environment must have xnb.
 """
@@ -13,6 +13,6 @@ __all__ = ["dask_setup"]
 
 
 def dask_setup(scheduler: Any) -> None:
-    from xnb.supervisor import Supervisor
+    from xnb.runtime.supervisor import Supervisor
 
     scheduler.add_plugin(Supervisor())

@@ -9,8 +9,8 @@ by another.
 
 It launches replicas through its own Dask client (so the actors' futures are
 held by the scheduler process, not by whoever asked), places them with
-:func:`xnb.placement.place`, follows their progress (Dask events on
-:data:`xnb.actor.PROGRESS_TOPIC`), and notices worker loss
+:func:`xnb.runtime.placement.place`, follows their progress (Dask events on
+:data:`xnb.runtime.actor.PROGRESS_TOPIC`), and notices worker loss
 (``remove_worker``): replicas there become ``lost`` and, if the model asks
 for it, are relaunched elsewhere with backoff.
 
@@ -31,7 +31,8 @@ from typing import Any, Awaitable, Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from xnb.actor import PROGRESS_TOPIC, ActorRef, ModelActor
+from xnb.runtime.actor import PROGRESS_TOPIC, ModelActor
+from xnb.runtime.rpc import ActorRef
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
 from xnb.errors import (
@@ -41,8 +42,8 @@ from xnb.errors import (
     ModelNotFound,
     XnbError,
 )
-from xnb.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
-from xnb.registry import ModelRecord, ReplicaRecord
+from xnb.runtime.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
+from xnb.runtime.registry import ModelRecord, ReplicaRecord
 from xnb.settings import XnbSettings
 
 __all__ = ["Supervisor", "PLUGIN_NAME"]

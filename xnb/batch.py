@@ -5,7 +5,7 @@ a DataFrame's partitions, delayed functions) can call it with one request per
 partition instead of one per item::
 
     import dask.bag as db
-    from xnb.jupyter.batch import embed_bag
+    from xnb.batch import embed_bag
 
     texts = db.from_sequence(sentences, npartitions=8)
     vectors = np.stack(embed_bag(texts, "all-minilm-l6-v2").compute())
@@ -81,7 +81,7 @@ def chat_partition(prompts: Iterable[str], uid: str, scheduler_address: str | No
     so a model with continuous batching serves them together."""
     import asyncio
 
-    from xnb.openai_requests import ChatCompletionRequest, parse_request
+    from xnb.openai.requests import ChatCompletionRequest, parse_request
 
     items = [str(p) for p in prompts]
     if not items:

@@ -3,7 +3,7 @@
 The embedded cluster is a :class:`distributed.LocalCluster` with worker
 *processes* (non-daemonic, so engines may start child processes), every
 listener on 127.0.0.1, the dashboard off unless asked for, and the
-:class:`~xnb.supervisor.Supervisor` installed in its scheduler.  The process
+:class:`~xnb.runtime.supervisor.Supervisor` installed in its scheduler.  The process
 hosting it writes a runtime file (``$XNB_HOME/runtime/cluster.json``) so other
 processes on the machine — a CLI, a notebook kernel — find it with no
 configuration.
@@ -107,7 +107,7 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
     """Start the embedded cluster in this process (workers are child processes)."""
     from distributed import LocalCluster
 
-    from xnb.supervisor import Supervisor
+    from xnb.runtime.supervisor import Supervisor
 
     settings = settings or XnbSettings()
     configure_dask()
@@ -130,7 +130,7 @@ def start_local_cluster(settings: XnbSettings | None = None, **overrides: Any) -
         scheduler_kwargs={"plugins": [Supervisor(home=str(settings.home))], "dashboard": settings.dashboard},
         worker_class=overrides.pop("worker_class", None) or _default_worker_class(),
         env={"XNB_HOME": str(settings.home)},
-        preload=["xnb.local_worker"],  # workers ignore Ctrl-C: this process stops them
+        preload=["xnb.runtime.local_worker"],  # workers ignore Ctrl-C: this process stops them
         security=security,
         protocol="tls://" if security is not None else "tcp://",
         **overrides,
@@ -211,7 +211,7 @@ def _ping_reply(reply: Any) -> bool:
 
 async def ensure_supervisor_async(client: Any) -> None:
     """Make sure the scheduler runs the Supervisor (installing it if it can)."""
-    from xnb.supervisor import Supervisor
+    from xnb.runtime.supervisor import Supervisor
 
     try:
         if _ping_reply(await client.scheduler.xnb_ping()):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed.protocol import to_serialize
 from pydantic import ValidationError
 
 from xnb.catalog import validation_message
@@ -46,7 +45,7 @@ from xnb.errors import (
     XnbError,
 )
 
-__all__ = ["ModelActor", "ActorRef", "PROGRESS_TOPIC"]
+__all__ = ["ModelActor", "PROGRESS_TOPIC"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class ModelActor:
         """Fetch the files, load the engine; reports progress as Dask events."""
         from distributed import get_worker
 
-        from xnb.hub import resolve_files
+        from xnb.catalog.files import resolve_files
 
         self._loop = asyncio.get_running_loop()
         self._worker = get_worker()
@@ -365,54 +364,3 @@ class ModelActor:
         finally:
             self._embedding -= 1
         return np.asarray(result.vectors, dtype=np.float32), result.prompt_tokens
-
-
-def _wire(value: Any) -> Any:
-    """Plain data travels as msgpack (cheap); anything else is pickled."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (list, dict)) and _plain(value):
-        return value
-    return to_serialize(value)
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-class ActorRef:
-    """Calls one model actor on its worker (what ``distributed.Actor`` does internally).
-
-    Unlike ``distributed.Actor``, it holds no future on the actor's key, so a
-    client that used a model never keeps it alive after the Supervisor
-    terminates it.  ``rpc`` is a Dask connection pool (``client.rpc``, or the
-    manager's own pool with a short connect timeout).
-    """
-
-    def __init__(self, rpc: Any, address: str, key: str) -> None:
-        self.rpc = rpc
-        self.address = address
-        self.key = key
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            reply = await self.rpc(self.address).actor_execute(
-                actor=self.key,
-                function=method,
-                args=[_wire(a) for a in args],
-                kwargs={k: _wire(v) for k, v in kwargs.items()},
-            )
-        except OSError as exc:
-            raise ReplicaLost(f"the worker serving this model ({self.address}) is unreachable: {exc}") from None
-        except KeyError:
-            raise ModelNotFound("this model replica no longer exists (terminated?)", param="model") from None
-        if reply["status"] == "OK":
-            return reply["result"]
-        exc = reply["exception"]
-        if isinstance(exc, XnbError):
-            raise exc
-        raise XnbError(f"model actor call {method} failed: {type(exc).__name__}")
