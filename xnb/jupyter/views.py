@@ -14,6 +14,11 @@ from typing import Any
 
 import ipywidgets as w
 
+from xnb.client import DEFAULT_MAX_TOKENS
+from xnb.errors import LaunchFailed, XnbError
+from xnb.jupyter.models_view import ModelsView
+from xnb.runtime.registry import progress_line
+
 __all__ = ["CatalogView", "ChatBox", "ClusterView", "LaunchForm", "ModelsView", "launch_progress"]
 
 READY = ("ready", "degraded")
@@ -24,21 +29,8 @@ def _engines(client: Any, name: str) -> list[dict[str, Any]]:
     return client._sync(client.manager.engines, name)
 
 
-def _replica_info(client: Any, uid: str) -> list[dict[str, Any]]:
-    return client._sync(client.manager.replica_info, uid)
-
-
 def _short(address: str) -> str:
     return address.replace("tcp://", "").replace("tls://", "")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _gib(n: Any) -> str:
@@ -68,7 +60,8 @@ def _set_options(widget: Any, options: list[Any], prefer: Any = None) -> None:
 
 
 def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
-    """A model record's launch progress as ``(fraction 0..1, text)``: download → load → ready."""
+    """A model record's launch progress as ``(fraction 0..1, text)``: download → load → ready,
+    the text being :func:`~xnb.runtime.registry.progress_line` (phases, elapsed time, bytes)."""
     fractions = []
     for r in record.get("replicas", []):
         status, p = r["status"], r.get("progress") or {}
@@ -82,7 +75,7 @@ def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
         else:
             fractions.append(0.02 if status == "launching" else 0.0)
     fraction = sum(fractions) / len(fractions) if fractions else 0.0
-    return fraction, f"{record['uid']}: {record['status']} ({record.get('replicas_ready', 0)}/{len(fractions)} ready)"
+    return fraction, progress_line(record)
 
 
 class CatalogView(w.VBox):
@@ -91,6 +84,7 @@ class CatalogView(w.VBox):
     def __init__(self, panel: Any) -> None:
         self.panel = panel
         self.rows: list[dict[str, Any]] = []
+        self.offline: dict[str, str] = {}
         self.text = w.Text(placeholder="name or description", description="Search")
         self.ability = w.Dropdown(options=_options([]), description="Ability")
         self.format = w.Dropdown(options=_options([]), description="Format")
@@ -108,8 +102,9 @@ class CatalogView(w.VBox):
                           self.list, self.details, self.use])
         self.add_class("xnb-catalog")
 
-    def set_rows(self, rows: list[dict[str, Any]]) -> None:
+    def set_rows(self, rows: list[dict[str, Any]], offline: dict[str, str] | None = None) -> None:
         self.rows = rows
+        self.offline = offline or {}
         _set_options(self.ability, _options({a for r in rows for a in r["abilities"]}))
         _set_options(self.format, _options({f for r in rows for f in r["formats"]}))
         _set_options(self.size, _options({s for r in rows for s in r["sizes"]}))
@@ -125,7 +120,8 @@ class CatalogView(w.VBox):
 
     def apply_filter(self) -> None:
         rows = self.filtered()
-        self.list.options = [(f"{r['name']}  ·  {', '.join(r['abilities'])}  ·  {', '.join(r['sizes'])}", r["name"])
+        self.list.options = [(f"{r['name']}  ·  {', '.join(r['abilities'])}  ·  {', '.join(r['sizes'])}"
+                              + (f"  ·  {self.offline[r['name']]}" if self.offline.get(r["name"]) else ""), r["name"])
                              for r in rows]
         self.count.value = f"{len(rows)} of {len(self.rows)} models"
 
@@ -142,10 +138,13 @@ class CatalogView(w.VBox):
             f"<tr><td>{html.escape(e['engine'])}</td><td>{e['format']}</td><td>{e['size']}</td>"
             f"<td>{', '.join(e['quantizations'])}</td><td>{'yes' if e['requires_gpu'] else 'no'}</td></tr>"
             for e in engines)
+        offline = {"packaged": "yes — ships in a Python package", "cached": "yes — downloaded on a worker"}.get(
+            self.offline.get(name, ""), "no — downloads from the model hub")
         self.details.value = (
             f"<b>{html.escape(name)}</b>: {html.escape(row['description'])}<br>"
             f"context {row['context_length']} · formats {', '.join(row['formats'])} · "
-            f"quantizations {', '.join(row['quantizations']) or '-'}"
+            f"quantizations {', '.join(row['quantizations']) or '-'} · sizes {', '.join(row['sizes'])}<br>"
+            f"available offline: {offline}"
             "<table class='xnb-engines'><tr><th>engine</th><th>format</th><th>size</th>"
             f"<th>quantizations</th><th>GPU</th></tr>{lines}</table>")
 
@@ -177,9 +176,11 @@ class LaunchForm(w.VBox):
                           self.replicas, w.HBox([self.button, self.progress]), self.message])
         self.add_class("xnb-launch-form")
 
-    def set_catalog(self, rows: list[dict[str, Any]]) -> None:
-        self.sizes = {r["name"]: list(r["sizes"]) for r in rows}
-        _set_options(self.model, sorted(self.sizes), prefer=DEFAULT_MODEL)
+    def set_catalog(self, rows: list[dict[str, Any]], offline: dict[str, str] | None = None) -> None:
+        self.sizes = {r["name"]: list(dict.fromkeys(r["sizes"])) for r in rows}
+        offline = offline or {}
+        _set_options(self.model, [(f"{n}  ({offline[n]})" if offline.get(n) else n, n) for n in sorted(self.sizes)],
+                     prefer=DEFAULT_MODEL)
 
     def _model_changed(self, change: dict[str, Any]) -> None:
         name = change["new"]
@@ -201,12 +202,20 @@ class LaunchForm(w.VBox):
         self.progress.bar_style = "info"
         self.progress.value = 0.0
         self.message.value = f"launching {html.escape(str(self.model.value))}…"
+        model = None
         try:
             model = self.panel.client.launch(self.model.value, wait=False,
                                              **{k: v for k, v in options.items() if v is not None})
             self.show_progress(model.record)
             self.panel.background(self.panel.refresh)
             model.wait(on_progress=self.show_progress)
+        except XnbError as exc:  # stays in the form (and the header) until the next launch
+            self.progress.bar_style = "danger"
+            where = " The Models tab lists it with Retry and Dismiss." if isinstance(exc, LaunchFailed) else ""
+            self.message.value = (f"<span style='color:#b00020'>{html.escape(exc.render('notebook'))}</span>"
+                                  f"{html.escape(where)}")
+            self.panel.set_status(exc.render("notebook"), error=True)
+            return None
         except Exception:
             self.progress.bar_style = "danger"
             raise
@@ -222,59 +231,6 @@ class LaunchForm(w.VBox):
         fraction, text = launch_progress(record)
         self.progress.value = fraction
         self.message.value = html.escape(text)
-
-
-class ModelsView(w.VBox):
-    """Running models: status, engine, worker, uptime, requests, and a terminate button each."""
-
-    COLUMNS = (("UID", "170px"), ("Model", "200px"), ("Status", "90px"), ("Engine", "140px"),
-               ("Worker", "160px"), ("Uptime", "70px"), ("Requests", "70px"))
-
-    def __init__(self, panel: Any) -> None:
-        self.panel = panel
-        self._uids: list[str] = []
-        self._cells: dict[str, list[w.Label]] = {}
-        self.header = w.HBox([w.HTML(f"<b>{name}</b>", layout=w.Layout(width=width)) for name, width in self.COLUMNS])
-        self.empty = w.HTML("<i>No models running. Launch one in the Launch tab.</i>")
-        super().__init__([self.header, self.empty])
-        self.add_class("xnb-models")
-
-    def update(self, records: list[dict[str, Any]]) -> None:
-        uids = [r["uid"] for r in records]
-        if uids != self._uids:
-            self._rebuild(uids)
-        now = time.time()
-        for record in records:
-            requests = "-"
-            if record["status"] in READY:
-                infos = _replica_info(self.panel.client, record["uid"])
-                requests = str(sum(i.get("counters", {}).get("requests", 0)
-                                   + i.get("counters", {}).get("embed_requests", 0) for i in infos))
-            values = [record["uid"], record["model_name"], record["status"], record["spec"]["engine"],
-                      ", ".join(_short(a) for a in record["workers"]),
-                      _duration(now - record["ready_at"]) if record.get("ready_at") else "-", requests]
-            for label, value in zip(self._cells[record["uid"]], values):
-                label.value = value
-
-    def _rebuild(self, uids: list[str]) -> None:
-        rows: list[w.Widget] = [self.header]
-        self._cells = {}
-        for uid in uids:
-            cells = [w.Label(layout=w.Layout(width=width)) for _, width in self.COLUMNS]
-            stop = w.Button(description="Terminate", button_style="danger", layout=w.Layout(width="100px"))
-            stop.add_class("xnb-terminate")
-            stop.on_click(lambda _, uid=uid: self.panel.background(self.terminate, uid))
-            self._cells[uid] = cells
-            rows.append(w.HBox([*cells, stop]))
-        if not uids:
-            rows.append(self.empty)
-        self._uids = uids
-        self.children = rows
-
-    def terminate(self, uid: str) -> None:
-        self.panel.set_status(f"terminating {uid}…")
-        self.panel.client.terminate(uid)
-        self.panel.refresh()
 
 
 class ClusterView(w.VBox):
@@ -310,7 +266,7 @@ class ChatBox(w.VBox):
         self.histories: dict[str, list[dict[str, str]]] = {}
         self.model = w.Dropdown(options=[], description="Model")
         self.system = w.Text(description="System", placeholder="optional system prompt", layout=w.Layout(width="45%"))
-        self.max_tokens = w.BoundedIntText(value=256, min=1, max=32768, description="Max tokens",
+        self.max_tokens = w.BoundedIntText(value=DEFAULT_MAX_TOKENS, min=1, max=32768, description="Max tokens",
                                            layout=w.Layout(width="180px"))
         self.transcript = w.HTML(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd",
                                                  padding="4px"))

@@ -19,6 +19,7 @@ built on the client side — and :meth:`abort` cancels.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 import uuid
@@ -34,6 +35,7 @@ from xnb.catalog.schema import LaunchSpec
 from xnb.engines import engine_installed, get_engine
 from xnb.engines.base import Engine, GenerateRequest, ReplicaResources, Sink
 from xnb.errors import (
+    NextStep,
     EngineError,
     InvalidRequest,
     LaunchFailed,
@@ -91,6 +93,11 @@ class _Stream:
             self.waiting = False
 
 
+def _import_all(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)
+
+
 class ModelActor:
     """One replica of one model (a Dask actor)."""
 
@@ -130,8 +137,12 @@ class ModelActor:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _report(self, phase: str, **extra: Any) -> None:
-        """Tell the Supervisor (a Dask event); callable from any thread."""
-        msg = {"uid": self.uid, "replica": self.replica, "phase": phase, **extra}
+        """Tell the Supervisor (a Dask event); callable from any thread.  ``since`` is
+        when this phase began and ``step`` what it does now, so progress shows elapsed time."""
+        now = time.time()
+        if phase != getattr(self, "_phase", None):
+            self._phase, self._phase_started = phase, now
+        msg = {"uid": self.uid, "replica": self.replica, "phase": phase, "since": self._phase_started, **extra}
         self._loop.call_soon_threadsafe(self._worker.log_event, PROGRESS_TOPIC, msg)
 
     async def load(self) -> dict[str, Any]:
@@ -156,7 +167,11 @@ class ModelActor:
             lambda: resolve_files(self.spec, cache_dir=self.cache_dir, progress=lambda p: self._report(**p)),
         )
         self.status = "loading"
-        self._report("loading", path=str(self._files.path), size_bytes=self._files.size_bytes)
+        where = {"path": str(self._files.path), "size_bytes": self._files.size_bytes}
+        if engine_cls.requires:  # importing torch & co. takes seconds: say so
+            self._report("loading", step=f"importing {', '.join(engine_cls.requires)}", **where)
+            await self._loop.run_in_executor(self._pool, _import_all, engine_cls.requires)
+        self._report("loading", step="reading the weights", **where)
         await self._load_engine()
         self._reaper = asyncio.create_task(self._reap_idle())
         return self.load_info
@@ -226,8 +241,8 @@ class ModelActor:
     def _ready_engine(self) -> Engine:
         if self.engine is None or self.status != "ready":
             raise ModelNotReady(
-                f"model {self.uid!r} (replica {self.replica}) is {self.status}, not ready; "
-                "wait for it (xnb list shows progress) and retry"
+                f"model {self.uid!r} (replica {self.replica}) is {self.status}, not ready; wait for it and retry",
+                next_step=NextStep("list", why="shows its progress"),
             )
         if self._inflight() >= self._capacity():
             self.counters["rejected"] += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xnb.errors import PlacementFailed
+from xnb.errors import NextStep, PlacementFailed
 
 __all__ = [
     "WorkerView",
@@ -147,8 +147,9 @@ def place(
             detail = "; ".join(f"{addr}: {why}" for addr, why in sorted(reasons.items()))
             placed = f" ({len(chosen)} of {replicas} placed)" if chosen else ""
             raise PlacementFailed(
-                f"no worker can take the replica{placed}: {detail}. Free room (`xnb terminate UID`), "
-                "add a worker (`xnb worker SCHEDULER`), or ask for fewer replicas or GPUs"
+                f"no worker can take the replica{placed}: {detail}. Free room by terminating a model, "
+                "add a worker (`xnb worker SCHEDULER` on another machine), or ask for fewer replicas or GPUs",
+                next_step=NextStep("list", why="shows what runs where"),
             )
         best = min(
             eligible,

@@ -136,14 +136,39 @@ class ModelRecord:
         }
 
 
-def progress_line(record: dict[str, Any]) -> str:
-    """One line of launch progress from a described record (CLI, magics, widgets)."""
-    parts = []
-    for r in record["replicas"]:
-        p = r.get("progress") or {}
-        text = r["status"]
-        if r["status"] == "downloading" and p.get("total"):
-            text += f" {100 * p.get('downloaded', 0) / p['total']:.0f}% of {p['total'] / 1e6:.0f} MB"
-        parts.append(text)
-    ready = sum(1 for r in record["replicas"] if r["status"] == "ready")
-    return f"{record['uid']}: {record['status']} [{', '.join(parts)}] {ready}/{len(record['replicas'])} ready"
+def progress_line(record: dict[str, Any], now: float | None = None) -> str:
+    """One line of launch progress from a described record (CLI, magics, widgets):
+    ``m: loading 12s (importing torch) [1/2 ready]``, phases with their elapsed time
+    and bytes where known.  While any replica still launches the model is "launching",
+    whatever the status of the replicas already up."""
+    now = time.time() if now is None else now
+    replicas = record["replicas"]
+    ready = sum(1 for r in replicas if r["status"] == "ready")
+    phases = []
+    for r in replicas:
+        status, p = r["status"], r.get("progress") or {}
+        if status in ("ready", "terminated"):
+            continue
+        text = status
+        if status in ("launching", "downloading", "loading") and p.get("since"):
+            text += f" {_elapsed(now - p['since'])}"
+        if status == "downloading" and p.get("total"):
+            text += f" {_mb(p.get('downloaded', 0))} of {_mb(p['total'])}"
+        elif status == "loading" and p.get("step"):
+            size = f", {_mb(p['size_bytes'])}" if p.get("size_bytes") and "weights" in p["step"] else ""
+            text += f" ({p['step']}{size})"
+        phases.append(text if len(replicas) == 1 else f"#{r.get('replica', '?')} {text}")
+    launching = any(r["status"] in ("launching", "downloading", "loading") for r in replicas)
+    status = "launching" if launching and record["status"] in ("ready", "degraded") else record["status"]
+    detail = f": {'; '.join(phases)}" if phases and status != "error" else ""
+    error = f": {record['last_error']}" if status == "error" and record.get("last_error") else ""
+    return f"{record['uid']} {status}{detail}{error} [{ready}/{len(replicas)} ready]"
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"

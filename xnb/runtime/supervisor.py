@@ -36,6 +36,7 @@ from xnb.runtime.rpc import ActorRef
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
 from xnb.errors import (
+    NextStep,
     DuplicateModel,
     InvalidRequest,
     LaunchFailed,
@@ -187,8 +188,8 @@ class Supervisor(SchedulerPlugin):
             return self.models[uid]
         except KeyError:
             raise ModelNotFound(
-                f"no model with uid {uid!r} is running; `xnb list` shows the running models",
-                param="model",
+                f"no model with uid {uid!r} is running",
+                param="model", next_step=NextStep("list", why="shows the running models"),
             ) from None
 
     def _release(self, replica: ReplicaRecord) -> None:
@@ -275,7 +276,7 @@ class Supervisor(SchedulerPlugin):
         if uid in self.models:
             raise DuplicateModel(
                 f"a model with uid {uid!r} is already running; choose another uid or terminate it",
-                param="uid",
+                param="uid", next_step=NextStep("terminate", (uid,), "stops it"),
             )
         if restart not in ("never", "on-failure"):
             raise InvalidRequest("restart must be 'never' or 'on-failure'", param="restart")
