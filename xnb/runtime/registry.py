@@ -160,8 +160,10 @@ def progress_line(record: dict[str, Any], now: float | None = None) -> str:
         phases.append(text if len(replicas) == 1 else f"#{r.get('replica', '?')} {text}")
     launching = any(r["status"] in ("launching", "downloading", "loading") for r in replicas)
     status = "launching" if launching and record["status"] in ("ready", "degraded") else record["status"]
-    detail = f": {'; '.join(phases)}" if phases and status != "error" else ""
     error = f": {record['last_error']}" if status == "error" and record.get("last_error") else ""
+    if len(replicas) == 1 and phases and not error:
+        return f"{record['uid']} {phases[0]} [{ready}/1 ready]"
+    detail = f": {'; '.join(phases)}" if phases and not error else ""
     return f"{record['uid']} {status}{detail}{error} [{ready}/{len(replicas)} ready]"
 
 

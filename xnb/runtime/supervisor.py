@@ -275,7 +275,7 @@ class Supervisor(SchedulerPlugin):
             )
         if uid in self.models:
             raise DuplicateModel(
-                f"a model with uid {uid!r} is already running; choose another uid or terminate it",
+                f"a model with uid {uid!r} is already running; choose another uid",
                 param="uid", next_step=NextStep("terminate", (uid,), "stops it"),
             )
         if restart not in ("never", "on-failure"):
