@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from xnb.runtime.actor import PROGRESS_TOPIC, ModelActor
+from xnb.runtime.actor import PROGRESS_TOPIC, RELOADED, ModelActor
 from xnb.runtime.rpc import ActorRef
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
@@ -137,7 +137,7 @@ class Supervisor(SchedulerPlugin):
                 replica.status = ReplicaStatus.LOST
                 replica.error = f"worker {worker} left the cluster"
                 self._release(replica)
-                self._emit(record, "lost", f"replica {replica.index} lost: worker {worker} left",
+                self._emit(record, ReplicaStatus.LOST, f"replica {replica.index} lost: worker {worker} left",
                            replica=replica.index)
                 if record.options.get("restart") == "on-failure" and not record.terminating:
                     replica.status = ReplicaStatus.RESTARTING
@@ -152,10 +152,11 @@ class Supervisor(SchedulerPlugin):
         index = msg.get("replica")
         replica = next((r for r in record.replicas if r.index == index), None)
         phase = msg.get("phase")
-        if replica is not None and phase in ("unloaded", "reloaded") and replica.status.serving:
-            replica.status = ReplicaStatus.UNLOADED if phase == "unloaded" else ReplicaStatus.READY
-            replica.load_info = {**replica.load_info, "loaded": phase == "reloaded"}
-            what = "unloaded after being idle" if phase == "unloaded" else "reloaded for a request"
+        if replica is not None and phase in (ReplicaStatus.UNLOADED, RELOADED) and replica.status.serving:
+            unloaded = phase == ReplicaStatus.UNLOADED
+            replica.status = ReplicaStatus.UNLOADED if unloaded else ReplicaStatus.READY
+            replica.load_info = {**replica.load_info, "loaded": not unloaded}
+            what = "unloaded after being idle" if unloaded else "reloaded for a request"
             self._emit(record, phase, f"replica {index} {what}", replica=index)
             return
         if replica is None or replica.status not in (ReplicaStatus.LAUNCHING, ReplicaStatus.DOWNLOADING,
@@ -346,7 +347,7 @@ class Supervisor(SchedulerPlugin):
         replica.since = time.time()
         if record.ready_at is None:
             record.ready_at = time.time()
-        self._emit(record, "ready", f"replica {replica.index} ready on {replica.worker} "
+        self._emit(record, ReplicaStatus.READY, f"replica {replica.index} ready on {replica.worker} "
                    f"in {info.get('load_seconds', 0):.2f}s", replica=replica.index)
 
     async def _restart(self, record: ModelRecord, lost: ReplicaRecord) -> None:
@@ -425,7 +426,7 @@ class Supervisor(SchedulerPlugin):
         if record.terminating:
             return record.describe()
         record.terminating = True
-        self._emit(record, "terminating", "terminating")
+        self._emit(record, ModelStatus.TERMINATING, "terminating the model")
         await asyncio.gather(*(self._stop_replica(r) for r in record.replicas))
         self.models.pop(uid, None)
         self._notify(uid)
