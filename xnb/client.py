@@ -17,11 +17,9 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import numpy as np
 
 from xnb.runtime.cluster import (
-    ensure_supervisor,
-    ensure_supervisor_async,
     find_running_cluster,
+    open_dask,
     remove_runtime_file,
-    security_for,
     start_local_cluster,
     write_runtime_file,
 )
@@ -33,6 +31,7 @@ from xnb.openai.requests import (
     EmbeddingRequest,
     parse_request,
 )
+from xnb.protocol import ModelInfo
 from xnb.settings import XnbSettings
 
 __all__ = ["DEFAULT_MAX_TOKENS", "connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
@@ -144,7 +143,8 @@ class AsyncClient:
 
     async def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
                      on_progress: Progress | None = None, **options: Any) -> AsyncModel:
-        """Launch a catalog model (engine=, format=, size=, quantization=, uid=, replicas=, ...)."""
+        """Launch a catalog model; ``options`` are :class:`xnb.protocol.LaunchOptions`
+        fields (invalid ones raise :class:`~xnb.errors.InvalidRequest`, as over HTTP)."""
         model = AsyncModel(self.manager, await self.manager.launch(name, **options))
         if wait:
             await model.wait(timeout=timeout, on_progress=on_progress)
@@ -165,6 +165,24 @@ class AsyncClient:
     async def cluster_info(self) -> dict[str, Any]:
         return await self.manager.cluster()
 
+    async def scale(self, uid: str, replicas: int) -> ModelInfo:
+        return await self.manager.scale(uid, replicas)
+
+    async def register(self, family: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+        return await self.manager.register(family, overwrite=overwrite)
+
+    async def unregister(self, name: str) -> dict[str, Any]:
+        return await self.manager.unregister(name)
+
+    async def engines(self, name: str) -> list[dict[str, Any]]:
+        return await self.manager.engines(name)
+
+    async def cached(self) -> dict[str, list[dict[str, Any]]]:
+        return await self.manager.cached()
+
+    async def replica_info(self, uid: str) -> list[dict[str, Any]]:
+        return await self.manager.replica_info(uid)
+
     async def close(self) -> None:
         await self.manager.close()
         await self.dask.close()
@@ -181,17 +199,13 @@ class AsyncClient:
 
 async def connect_async(address: str | None = None, *, settings: XnbSettings | None = None) -> AsyncClient:
     """Attach to a running cluster (asyncio).  Starting one needs the sync :func:`connect`."""
-    from distributed import Client as DaskClient
-
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
     if address is None:
         raise ClusterUnavailable(
             "no xnb cluster is running; start one with `xnb local` or xnb.connect()"
         )
-    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                            security=security_for(settings, address))
-    await ensure_supervisor_async(dask)
+    dask = await open_dask(address, settings, asynchronous=True)
     return AsyncClient(dask, settings=settings)
 
 
@@ -254,13 +268,9 @@ class Client:
     """Synchronous API: launch, list, use and terminate models on an xnb cluster."""
 
     def __init__(self, address: str, *, cluster: Any = None, settings: XnbSettings | None = None) -> None:
-        from distributed import Client as DaskClient
-
         self.settings = settings or XnbSettings()
         self.cluster = cluster
-        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False,
-                               security=security_for(self.settings, address))
-        ensure_supervisor(self.dask)
+        self.dask = open_dask(address, self.settings)
         self._async = AsyncClient(self.dask, settings=self.settings)
         self.manager = self._async.manager
 
@@ -313,9 +323,13 @@ class Client:
                on_progress: Progress | None = None, **options: Any) -> Model:
         """Launch a catalog model and (by default) wait until it is ready.
 
-        Options: ``engine``, ``format``, ``size``, ``quantization``, ``uid``,
-        ``replicas``, ``engine_options``, ``workers``, ``gpu_idx``,
-        ``max_queue``, ``restart``.
+        Options are :class:`xnb.protocol.LaunchOptions` fields: ``uid``, ``engine``,
+        ``format``, ``size``, ``quantization``, ``replicas``, ``engine_options``,
+        ``workers``, ``gpu_idx``, ``gpus``, ``max_queue``, ``restart``,
+        ``max_restarts``, ``keep_alive`` (seconds idle before the weights are
+        unloaded; the next request reloads them).  Invalid options raise
+        :class:`~xnb.errors.InvalidRequest` with the same message as ``xnb launch``
+        and ``POST /api/models``.
         """
         amodel = self._sync(lambda: self._async.launch(name, wait=False, **options))
         model = Model(self, amodel)
@@ -341,6 +355,22 @@ class Client:
     def engines(self, name: str) -> list[dict[str, Any]]:
         """Which engines can serve catalog model ``name``, per format and size."""
         return self._sync(self.manager.engines, name)
+
+    def scale(self, uid: str, replicas: int) -> ModelInfo:
+        """Add or remove replicas of a running model (answers at once; new ones launch)."""
+        return self._sync(self.manager.scale, uid, replicas)
+
+    def register(self, family: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+        """Add a model family to the catalog (a custom entry, kept under ``$XNB_HOME/catalog``)."""
+        return self._sync(lambda: self.manager.register(family, overwrite=overwrite))
+
+    def unregister(self, name: str) -> dict[str, Any]:
+        """Remove a custom catalog entry."""
+        return self._sync(self.manager.unregister, name)
+
+    def cached(self) -> dict[str, list[dict[str, Any]]]:
+        """Model files cached on each worker."""
+        return self._sync(self.manager.cached)
 
     def replica_info(self, uid: str) -> list[dict[str, Any]]:
         """Each ready replica's status and counters."""

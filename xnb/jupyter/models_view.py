@@ -15,10 +15,10 @@ from typing import Any
 
 import ipywidgets as w
 
+from xnb.protocol import ModelStatus
+
 __all__ = ["ModelsView"]
 
-READY = ("ready", "degraded")
-FAILED = ("error", "lost")
 
 
 def _short(address: str) -> str:
@@ -71,7 +71,7 @@ class ModelsView(w.VBox):
         now = time.time()
         for record in records:
             requests = "-"
-            if record["status"] in READY:
+            if ModelStatus(record["status"]).serving:
                 infos = self.panel.client.replica_info(record["uid"])
                 requests = str(sum(i.get("counters", {}).get("requests", 0)
                                    + i.get("counters", {}).get("embed_requests", 0) for i in infos))
@@ -87,7 +87,7 @@ class ModelsView(w.VBox):
                                   "</span>")
 
     def _actions_kind(self, record: dict[str, Any]) -> str:
-        if record["status"] in FAILED:
+        if ModelStatus(record["status"]).failed:
             return "failed"
         return "confirm" if self.confirming == record["uid"] else "running"
 
@@ -103,7 +103,7 @@ class ModelsView(w.VBox):
             cells = [_cell() for _ in range(7)]
             cells[0].add_class("xnb-models-uid")
             children += [*cells, self._actions(record)]
-            if record["status"] in FAILED:
+            if ModelStatus(record["status"]).failed:
                 reason = _cell(grid_column="1 / -1")
                 reason.add_class("xnb-models-reason")
                 cells.append(reason)
