@@ -309,7 +309,7 @@ def test_utf8_decoder_output_does_not_depend_on_how_invalid_bytes_are_split():
 
 # -- errors ------------------------------------------------------------------------------------
 
-ERROR_CLASSES = [getattr(E, name) for name in E.__all__ if name != "error_from_dict"]
+ERROR_CLASSES = [getattr(E, name) for name in E.__all__ if name not in ("error_from_dict", "NextStep")]
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -317,7 +317,7 @@ def test_error_round_trip_keeps_class_status_param_extra(cls):
     err = cls("something went wrong", param="messages", retry_after=7, sources=["a", "b"])
     data = err.to_dict()
     assert data == {"kind": cls.__name__, "message": "something went wrong", "param": "messages",
-                    "extra": {"retry_after": 7, "sources": ["a", "b"]}}
+                    "next_step": None, "extra": {"retry_after": 7, "sources": ["a", "b"]}}
     for back in (E.error_from_dict(data), pickle.loads(pickle.dumps(err))):
         assert type(back) is cls
         assert back.status == cls.status
@@ -326,6 +326,19 @@ def test_error_round_trip_keeps_class_status_param_extra(cls):
         assert back.param == "messages"
         assert back.extra == {"retry_after": 7, "sources": ["a", "b"]}
         assert back.openai_body() == err.openai_body()
+
+
+def test_next_step_renders_per_front_end_and_crosses_dask():
+    step = E.NextStep("events", ("m1",), "shows what happened")
+    err = E.LaunchFailed("model 'm1' failed to launch: no file", next_step=step)
+    assert err.render("cli") == err.message == str(err) == (
+        "model 'm1' failed to launch: no file; `xnb events m1` shows what happened")
+    assert err.render("notebook") == "model 'm1' failed to launch: no file; %xnb events m1 shows what happened"
+    assert err._render_traceback_() == ["LaunchFailed: " + err.render("notebook")]
+    assert err.openai_body()["error"]["message"] == err.message  # HTTP: the terminal form
+    for back in (E.error_from_dict(err.to_dict()), pickle.loads(pickle.dumps(err))):
+        assert type(back) is E.LaunchFailed and back.next_step == step and back.reason == err.reason
+
 
 
 def test_error_statuses_and_openai_body():
