@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import ipywidgets as w
+from IPython.display import Javascript
 
 from xnb.client import DEFAULT_MAX_TOKENS
 from xnb.errors import InvalidRequest, LaunchFailed, XnbError
@@ -293,6 +294,25 @@ class ClusterView(w.VBox):
                             f"<th>cores</th><th>memory</th><th>GPUs</th><th>models</th></tr>{rows}</table>")
 
 
+#: Ctrl/Shift/Cmd+Enter in the chat box sends (a capture listener, so neither the textarea nor
+#: JupyterLab's Shift+Enter "run cell" sees it); installed once per page.
+SEND_KEYS_JS = """
+if (!window.__xnbChatKeys) {
+  window.__xnbChatKeys = true;
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.shiftKey || event.metaKey)) return;
+    const box = event.target instanceof HTMLTextAreaElement ? event.target.closest(".xnb-chat") : null;
+    if (!box) return;
+    event.preventDefault();
+    event.stopPropagation();
+    event.target.dispatchEvent(new Event("change", {bubbles: true}));  // sync the typed text first
+    const send = box.querySelector(".xnb-send");
+    if (send && !send.disabled) send.click();
+  }, true);
+}
+"""
+
+
 class ChatBox(w.VBox):
     """Chat with a running model; the answer streams in as it is generated."""
 
@@ -306,14 +326,20 @@ class ChatBox(w.VBox):
         self.transcript = w.HTML(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd",
                                                  padding="4px"))
         self.transcript.add_class("xnb-transcript")
-        self.input = w.Textarea(placeholder="Ask something…", layout=w.Layout(width="80%", height="60px"))
+        self.input = w.Textarea(placeholder="Ask something…  (Ctrl+Enter or Shift+Enter sends; Enter: new line)",
+                                layout=w.Layout(width="80%", height="60px"))
+        self.input.add_class("xnb-input")
+        # ipywidgets has no key events: a small script (run once per page) makes Ctrl/Shift/Cmd+Enter
+        # in this box click Send.  An Output widget's outputs are trusted, so JupyterLab runs it.
+        self.send_keys = w.Output(layout=w.Layout(height="0px", overflow="hidden"))
+        self.send_keys.append_display_data(Javascript(SEND_KEYS_JS))
         self.send = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.send.add_class("xnb-send")
         self.clear = w.Button(description="Clear")
         self.send.on_click(lambda _: self.panel.background(self.ask, self.input.value))
         self.clear.on_click(lambda _: self.reset())
         super().__init__([w.HBox([self.model, self.system, self.max_tokens]), self.transcript,
-                          w.HBox([self.input, w.VBox([self.send, self.clear])])])
+                          w.HBox([self.input, w.VBox([self.send, self.clear])]), self.send_keys])
         self.add_class("xnb-chat")
 
     def update_models(self, records: list[dict[str, Any]]) -> None:
