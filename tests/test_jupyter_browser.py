@@ -14,6 +14,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from support import wait_until
 from test_jupyter import JupyterServer, shared_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -94,6 +95,8 @@ def test_lab_renders_the_xnb_panel(jupyter: JupyterServer, page: Any, tmp_path: 
     for i in range(7):
         head, cell = headers.nth(i).bounding_box(), cells.nth(i).bounding_box()
         assert abs(head["x"] - cell["x"]) < 2, (i, head, cell)
+    terminate, box = grid.locator(".xnb-terminate").first.bounding_box(), grid.bounding_box()
+    assert terminate["x"] + terminate["width"] <= box["x"] + box["width"] + 1, (terminate, box)  # not cut off
     clipped = cells.evaluate_all("cs => cs.filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)")
     assert clipped == [], clipped
     page.screenshot(path=str(tmp_path / "xnb-panel.png"), full_page=True)
@@ -117,8 +120,9 @@ def test_lab_renders_the_xnb_panel(jupyter: JupyterServer, page: Any, tmp_path: 
     confirm.wait_for(timeout=30_000)
     assert "br-smol" in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]}
     confirm.click()
+    wait_until(lambda: "br-smol" not in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]},
+               timeout=60, what="the model to be terminated")
     uid_cell.wait_for(state="detached", timeout=60_000)
-    assert "br-smol" not in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]}
     keep = ARTIFACTS / "test_jupyter_browser"
     keep.mkdir(parents=True, exist_ok=True)
     for shot in tmp_path.glob("*.png"):

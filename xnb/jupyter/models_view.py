@@ -45,7 +45,7 @@ class ModelsView(w.VBox):
     """Running models: status, engine, worker, uptime, requests and actions."""
 
     COLUMNS = ("UID", "Model", "Status", "Engine", "Worker", "Uptime", "Requests", "")
-    TEMPLATE = "minmax(110px,1.2fr) minmax(140px,1.5fr) 80px minmax(140px,1fr) minmax(130px,1fr) 70px 70px 230px"
+    TEMPLATE = "minmax(100px,1.2fr) minmax(120px,1.5fr) 70px minmax(110px,1fr) minmax(120px,1fr) 60px 70px max-content"
 
     def __init__(self, panel: Any) -> None:
         self.panel = panel
