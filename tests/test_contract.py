@@ -24,7 +24,7 @@ from xnb.errors import InvalidRequest
 from xnb.jupyter.magics import launch_parser
 from xnb.protocol import LaunchOptions, ModelStatus, ReplicaStatus, ServerStatus, launch_option_specs
 
-from support import ADMIN_KEY, wait_until
+from support import wait_until
 
 ECHO = ECHO_FAMILY["name"]
 STATUS_WORDS = {s.value for enum in (ModelStatus, ReplicaStatus, ServerStatus) for s in enum} - {"error"}
