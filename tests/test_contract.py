@@ -138,3 +138,41 @@ def test_status_words_appear_only_in_the_enums():
                     and id(node) not in docstrings):
                 found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}")
     assert not found, "status words outside xnb/protocol.py (use the enums):\n" + "\n".join(found)
+
+
+# -- Jupyter against a TLS cluster ---------------------------------------------------------------------
+
+
+def test_launch_through_jupyter_against_a_tls_cluster(tmp_path: Path):
+    """The extension and its sidecar open their Dask clients the one way (TLS from XNB_TLS_*):
+    launch through {jupyter}/xnb/api, chat through {jupyter}/xnb/v1."""
+    from test_jupyter import JupyterServer
+
+    from xnb.runtime.cluster import start_local_cluster, temporary_security
+    from xnb.settings import XnbSettings
+
+    certs = tmp_path / "certs"
+    temporary_security(certs)
+    tls = {"tls_ca_file": certs / "ca.pem", "tls_cert": certs / "cert.pem", "tls_key": certs / "key.pem"}
+    settings = XnbSettings(home=tmp_path / "cluster-home", **tls)
+    cluster = start_local_cluster(settings, n_workers=1, threads_per_worker=1)
+    server = None
+    try:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        env = {f"XNB_{k.upper()}": str(v) for k, v in tls.items()}
+        server = JupyterServer(tmp_path / "jupyter", xnb_config={"scheduler_address": address}, env=env).start()
+        with server.client() as http:
+            assert http.post("/xnb/api/catalog", json={"family": ECHO_FAMILY, "overwrite": True}).status_code == 201
+            r = http.post("/xnb/api/models", json={"model": ECHO, "uid": "tls-echo"})
+            assert r.status_code == 202, r.text
+            assert r.json()["status_url"].endswith("/xnb/api/models/tls-echo")
+            wait_until(lambda: http.get("/xnb/api/models/tls-echo").json()["status"] == "ready", 60, "tls-echo")
+            reply = http.post("/xnb/v1/chat/completions",
+                              json={"model": "tls-echo", "messages": [{"role": "user", "content": "over TLS"}]})
+            assert reply.json()["choices"][0]["message"]["content"] == "over TLS"
+            assert http.delete("/xnb/api/models/tls-echo").status_code == 200
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.close()
