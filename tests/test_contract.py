@@ -114,10 +114,22 @@ def test_idle_unloaded_model_lists_as_unloaded_and_answers(client, admin):
                    "the idle unload")
         listed = admin.get("/api/models/sleepy-echo").json()
         assert listed["status"] == "unloaded" and listed["replicas"][0]["status"] == "unloaded"
+        on_workers = [m for w in client.cluster_info()["workers"] for m in w["models"] if m["uid"] == "sleepy-echo"]
+        assert [m["status"] for m in on_workers] == ["unloaded"]
         assert model.chat("still here", max_tokens=5)["choices"][0]["message"]["content"] == "still here"
         assert any(e["kind"] == "reloaded" for e in model.events())
     finally:
         client.terminate("sleepy-echo")
+
+
+# -- layout ------------------------------------------------------------------------------------------------
+
+
+def test_no_module_over_500_lines():
+    root = Path(xnb.__file__).parent
+    long = [f"{p.relative_to(root)}: {n}" for p in root.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500]
+    assert not long, long
 
 
 # -- status words live in the enums --------------------------------------------------------------------
