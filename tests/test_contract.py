@@ -24,7 +24,7 @@ from xnb.errors import InvalidRequest
 from xnb.jupyter.magics import launch_parser
 from xnb.protocol import LaunchOptions, ModelStatus, ReplicaStatus, ServerStatus, launch_option_specs
 
-from support import ADMIN_KEY, wait_until
+from support import wait_until
 
 ECHO = ECHO_FAMILY["name"]
 STATUS_WORDS = {s.value for enum in (ModelStatus, ReplicaStatus, ServerStatus) for s in enum} - {"error"}
@@ -114,10 +114,22 @@ def test_idle_unloaded_model_lists_as_unloaded_and_answers(client, admin):
                    "the idle unload")
         listed = admin.get("/api/models/sleepy-echo").json()
         assert listed["status"] == "unloaded" and listed["replicas"][0]["status"] == "unloaded"
+        on_workers = [m for w in client.cluster_info()["workers"] for m in w["models"] if m["uid"] == "sleepy-echo"]
+        assert [m["status"] for m in on_workers] == ["unloaded"]
         assert model.chat("still here", max_tokens=5)["choices"][0]["message"]["content"] == "still here"
         assert any(e["kind"] == "reloaded" for e in model.events())
     finally:
         client.terminate("sleepy-echo")
+
+
+# -- layout ------------------------------------------------------------------------------------------------
+
+
+def test_no_module_over_500_lines():
+    root = Path(xnb.__file__).parent
+    long = [f"{p.relative_to(root)}: {n}" for p in root.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500]
+    assert not long, long
 
 
 # -- status words live in the enums --------------------------------------------------------------------
@@ -138,3 +150,41 @@ def test_status_words_appear_only_in_the_enums():
                     and id(node) not in docstrings):
                 found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}")
     assert not found, "status words outside xnb/protocol.py (use the enums):\n" + "\n".join(found)
+
+
+# -- Jupyter against a TLS cluster ---------------------------------------------------------------------
+
+
+def test_launch_through_jupyter_against_a_tls_cluster(tmp_path: Path):
+    """The extension and its sidecar open their Dask clients the one way (TLS from XNB_TLS_*):
+    launch through {jupyter}/xnb/api, chat through {jupyter}/xnb/v1."""
+    from test_jupyter import JupyterServer
+
+    from xnb.runtime.cluster import start_local_cluster, temporary_security
+    from xnb.settings import XnbSettings
+
+    certs = tmp_path / "certs"
+    temporary_security(certs)
+    tls = {"tls_ca_file": certs / "ca.pem", "tls_cert": certs / "cert.pem", "tls_key": certs / "key.pem"}
+    settings = XnbSettings(home=tmp_path / "cluster-home", **tls)
+    cluster = start_local_cluster(settings, n_workers=1, threads_per_worker=1)
+    server = None
+    try:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        env = {f"XNB_{k.upper()}": str(v) for k, v in tls.items()}
+        server = JupyterServer(tmp_path / "jupyter", xnb_config={"scheduler_address": address}, env=env).start()
+        with server.client() as http:
+            assert http.post("/xnb/api/catalog", json={"family": ECHO_FAMILY, "overwrite": True}).status_code == 201
+            r = http.post("/xnb/api/models", json={"model": ECHO, "uid": "tls-echo"})
+            assert r.status_code == 202, r.text
+            assert r.json()["status_url"].endswith("/xnb/api/models/tls-echo")
+            wait_until(lambda: http.get("/xnb/api/models/tls-echo").json()["status"] == "ready", 60, "tls-echo")
+            reply = http.post("/xnb/v1/chat/completions",
+                              json={"model": "tls-echo", "messages": [{"role": "user", "content": "over TLS"}]})
+            assert reply.json()["choices"][0]["message"]["content"] == "over TLS"
+            assert http.delete("/xnb/api/models/tls-echo").status_code == 200
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.close()

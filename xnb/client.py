@@ -12,7 +12,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, cast
 
 import numpy as np
 
@@ -43,10 +43,16 @@ DEFAULT_MAX_TOKENS = 512
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[ModelInfo], None]
 
 
-def _log_progress(record: dict[str, Any]) -> None:
+#: Rows of plain JSON records (events, replicas, catalog entries).
+Rows = list[dict[str, Any]]
+Models = list[ModelInfo]
+T = TypeVar("T")
+
+
+def _log_progress(record: ModelInfo) -> None:
     logger.info("model %s: %s", record["uid"], record["status"])
 
 
@@ -63,7 +69,7 @@ def _with_default_limit(params: dict[str, Any]) -> dict[str, Any]:
 class AsyncModel:
     """A launched model (asyncio API).  Results are OpenAI-shaped dicts."""
 
-    def __init__(self, manager: ModelManager, record: dict[str, Any]) -> None:
+    def __init__(self, manager: ModelManager, record: ModelInfo) -> None:
         self.manager = manager
         self.uid: str = record["uid"]
         self.record = record
@@ -71,13 +77,13 @@ class AsyncModel:
     def __repr__(self) -> str:
         return f"<xnb model {self.uid} ({self.record.get('model_name')}) {self.record.get('status')}>"
 
-    async def refresh(self) -> dict[str, Any]:
+    async def refresh(self) -> ModelInfo:
         self.record = await self.manager.describe(self.uid)
         return self.record
 
     @property
     def status(self) -> str:
-        return self.record["status"]
+        return str(self.record["status"])
 
     async def wait(self, timeout: float | None = None, on_progress: Progress | None = None) -> "AsyncModel":
         self.record = await self.manager.wait_ready(self.uid, timeout=timeout, on_update=on_progress)
@@ -117,11 +123,11 @@ class AsyncModel:
             parse_request(EmbeddingRequest, {"model": self.uid, "input": input, **params})
         )
 
-    async def info(self) -> list[dict[str, Any]]:
+    async def info(self) -> Rows:
         """Each replica's status and counters."""
         return await self.manager.replica_info(self.uid)
 
-    async def events(self) -> list[dict[str, Any]]:
+    async def events(self) -> Rows:
         return await self.manager.events(self.uid)
 
     async def terminate(self) -> dict[str, Any]:
@@ -139,7 +145,7 @@ class AsyncClient:
 
     @property
     def scheduler_address(self) -> str:
-        return self.dask.scheduler.address
+        return str(self.dask.scheduler.address)
 
     async def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
                      on_progress: Progress | None = None, **options: Any) -> AsyncModel:
@@ -153,13 +159,13 @@ class AsyncClient:
     async def get(self, uid: str) -> AsyncModel:
         return AsyncModel(self.manager, await self.manager.describe(uid))
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> Models:
         return await self.manager.list()
 
     async def terminate(self, uid: str) -> dict[str, Any]:
         return await self.manager.terminate(uid)
 
-    async def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    async def catalog(self, query: str | None = None, **filters: Any) -> Rows:
         return await self.manager.catalog(query, **filters)
 
     async def cluster_info(self) -> dict[str, Any]:
@@ -174,13 +180,13 @@ class AsyncClient:
     async def unregister(self, name: str) -> dict[str, Any]:
         return await self.manager.unregister(name)
 
-    async def engines(self, name: str) -> list[dict[str, Any]]:
+    async def engines(self, name: str) -> Rows:
         return await self.manager.engines(name)
 
-    async def cached(self) -> dict[str, list[dict[str, Any]]]:
+    async def cached(self) -> dict[str, Rows]:
         return await self.manager.cached()
 
-    async def replica_info(self, uid: str) -> list[dict[str, Any]]:
+    async def replica_info(self, uid: str) -> Rows:
         return await self.manager.replica_info(uid)
 
     async def close(self) -> None:
@@ -227,7 +233,7 @@ class Model:
         return self._amodel.uid
 
     @property
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ModelInfo:
         return self._amodel.record
 
     @property
@@ -254,10 +260,10 @@ class Model:
     def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
         return self._client._sync(lambda: self._amodel.embeddings(input, **params))
 
-    def info(self) -> list[dict[str, Any]]:
+    def info(self) -> Rows:
         return self._client._sync(self._amodel.info)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> Rows:
         return self._client._sync(self._amodel.events)
 
     def terminate(self) -> dict[str, Any]:
@@ -279,15 +285,15 @@ class Client:
 
     @property
     def scheduler_address(self) -> str:
-        return self.dask.scheduler.address
+        return str(self.dask.scheduler.address)
 
-    def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _sync(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
-            return self.dask.sync(fn, *args, **kwargs)
+            return cast(T, self.dask.sync(fn, *args, **kwargs))
         except XnbError as exc:  # the user's error, not Dask's: drop the event-loop frames
             raise exc.with_traceback(None) from None
 
-    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    def _iterate(self, agen: AsyncGenerator[Any, None]) -> Iterator[Any]:
         pending: dict[str, asyncio.Task[Any]] = {}
 
         async def next_item() -> tuple[bool, Any]:
@@ -340,19 +346,19 @@ class Client:
     def get(self, uid: str) -> Model:
         return Model(self, self._sync(self._async.get, uid))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> Models:
         return self._sync(self.manager.list)
 
     def terminate(self, uid: str) -> dict[str, Any]:
         return self._sync(self.manager.terminate, uid)
 
-    def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    def catalog(self, query: str | None = None, **filters: Any) -> Rows:
         return self._sync(lambda: self.manager.catalog(query, **filters))
 
     def cluster_info(self) -> dict[str, Any]:
         return self._sync(self.manager.cluster)
 
-    def engines(self, name: str) -> list[dict[str, Any]]:
+    def engines(self, name: str) -> Rows:
         """Which engines can serve catalog model ``name``, per format and size."""
         return self._sync(self.manager.engines, name)
 
@@ -368,11 +374,11 @@ class Client:
         """Remove a custom catalog entry."""
         return self._sync(self.manager.unregister, name)
 
-    def cached(self) -> dict[str, list[dict[str, Any]]]:
+    def cached(self) -> dict[str, Rows]:
         """Model files cached on each worker."""
         return self._sync(self.manager.cached)
 
-    def replica_info(self, uid: str) -> list[dict[str, Any]]:
+    def replica_info(self, uid: str) -> Rows:
         """Each ready replica's status and counters."""
         return self._sync(self.manager.replica_info, uid)
 

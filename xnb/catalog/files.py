@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -424,7 +424,7 @@ def _record(cache_dir: Path, spec: LaunchSpec, source: AnySource, found: _Found,
         "model_name": spec.model_name, "format": spec.format, "size": spec.size,
         "quantization": spec.quantization, "source": source.model_dump(exclude_none=True),
         "path": str(found.path), "files": [str(f) for f in found.files], "size_bytes": size,
-        "last_used": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "last_used": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     key = _entry_key(entry)
     try:

@@ -40,11 +40,9 @@ from xnb.errors import (
     EngineError,
     InvalidRequest,
     LaunchFailed,
-    ModelNotFound,
     ModelNotReady,
     NotFound,
     QueueFull,
-    ReplicaLost,
     XnbError,
 )
 

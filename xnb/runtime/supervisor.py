@@ -45,7 +45,8 @@ from xnb.errors import (
     XnbError,
 )
 from xnb.protocol import LaunchOptions, ModelInfo, ModelStatus, ReplicaStatus, failed, ok, validate
-from xnb.runtime.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
+from xnb.runtime.placement import Needs, WorkerView, estimate_memory, place
+from xnb.runtime.views import describe_cluster, worker_views
 from xnb.runtime.registry import ModelRecord, ReplicaRecord
 from xnb.settings import XnbSettings
 
@@ -221,27 +222,7 @@ class Supervisor(SchedulerPlugin):
             return self._client
 
     def _workers(self, exclude: set[str] = frozenset()) -> list[WorkerView]:
-        placed: dict[str, list[PlacedReplica]] = {}
-        for record in self.models.values():
-            for r in record.replicas:
-                if r.status.live:
-                    placed.setdefault(r.worker, []).append(PlacedReplica(record.uid, r.memory, r.gpus))
-        views = []
-        for addr, ws in self.scheduler.workers.items():
-            if addr in exclude:
-                continue
-            n_gpus = int(ws.resources.get("GPU", 0))
-            views.append(
-                WorkerView(
-                    address=addr,
-                    nthreads=ws.nthreads,
-                    memory_limit=ws.memory_limit or 0,
-                    gpus=tuple(range(n_gpus)),
-                    placed=tuple(placed.get(addr, [])),
-                    name=str(ws.name),
-                )
-            )
-        return views
+        return worker_views(self.scheduler.workers, self.models.values(), exclude)
 
     # -- handlers: models -------------------------------------------------------------------
 
@@ -495,31 +476,4 @@ class Supervisor(SchedulerPlugin):
         return self.catalog.engines(name)
 
     def cluster(self) -> dict[str, Any]:
-        by_worker: dict[str, list[dict[str, Any]]] = {}
-        for record in self.models.values():
-            for r in record.replicas:
-                by_worker.setdefault(r.worker, []).append(
-                    {"uid": record.uid, "replica": r.index, "status": r.status, "gpus": list(r.gpus)}
-                )
-        workers = []
-        for addr, ws in self.scheduler.workers.items():
-            metrics = ws.metrics or {}
-            workers.append(
-                {
-                    "address": addr,
-                    "name": str(ws.name),
-                    "nthreads": ws.nthreads,
-                    "memory_limit": ws.memory_limit,
-                    "memory_used": metrics.get("memory", 0),
-                    "cpu_percent": metrics.get("cpu", 0.0),
-                    "resources": dict(ws.resources),
-                    "gpus": int(ws.resources.get("GPU", 0)),
-                    "status": str(ws.status.name if hasattr(ws.status, "name") else ws.status),
-                    "models": by_worker.get(addr, []),
-                }
-            )
-        return {
-            "scheduler": self.scheduler.address,
-            "workers": sorted(workers, key=lambda w: w["address"]),
-            "models": len(self.models),
-        }
+        return describe_cluster(self.scheduler.address, self.scheduler.workers, self.models.values())
