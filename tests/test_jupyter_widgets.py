@@ -6,6 +6,7 @@ long work runs in the panel's background threads, so the tests wait on condition
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -172,7 +173,8 @@ def button(panel: Panel, uid: str, css: str) -> Any:
 def test_models_grid_lines_up_and_keeps_whole_values(panel: Panel) -> None:
     """Headers and cells are children of one grid (same columns), one action cell per row."""
     models = panel.models
-    assert models.grid.layout.grid_template_columns.count("px") >= len(models.COLUMNS)
+    tracks = re.findall(r"minmax\([^)]*\)|[^\s]+", models.grid.layout.grid_template_columns)
+    assert len(tracks) == len(models.COLUMNS), tracks
     headers = models.grid.children[:len(models.COLUMNS)]
     assert [h.value for h in headers][:7] == [f"<b>{c}</b>" for c in models.COLUMNS[:7]]
     assert len(models.COLUMNS) == 8  # uid, model, status, engine, worker, uptime, requests, actions

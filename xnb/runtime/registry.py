@@ -136,12 +136,12 @@ def progress_line(record: ModelInfo, now: float | None = None) -> str:
         phases.append(text if len(replicas) == 1 else f"#{r.get('replica', '?')} {text}")
     launching = any(ReplicaStatus(r["status"]).launching for r in replicas)
     model_status = ModelStatus(record["status"])
-    status = ModelStatus.LAUNCHING.value if launching and model_status.serving else model_status.value
+    label = ModelStatus.LAUNCHING.value if launching and model_status.serving else model_status.value
     error = f": {record['last_error']}" if model_status.failed and record.get("last_error") else ""
     if len(replicas) == 1 and phases and not error:
         return f"{record['uid']} {phases[0]} [{ready}/1 ready]"
     detail = f": {'; '.join(phases)}" if phases and not error else ""
-    return f"{record['uid']} {status}{detail}{error} [{ready}/{len(replicas)} ready]"
+    return f"{record['uid']} {label}{detail}{error} [{ready}/{len(replicas)} ready]"
 
 
 def _elapsed(seconds: float) -> str:
