@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 ACTOR_CONNECT_TIMEOUT_S = 5.0
 ROUTE_TTL_S = 2.0
+#: How errors name an ability ("cannot speak", not "cannot speech").
+_VERBS = {"speech": "speak", "image": "draw images"}
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
 StreamEvent = tuple[str, Any]
@@ -214,8 +216,8 @@ class ModelManager(MediaOperations):
             ready = _serving(routes)
         if ability is not None and ability not in routes["abilities"]:
             raise UnsupportedParameter(
-                f"model {uid!r} ({routes['model_name']}) cannot {ability}; it can "
-                f"{', '.join(routes['abilities'])}",
+                f"model {uid!r} ({routes['model_name']}) cannot {_VERBS.get(ability, ability)}; it can "
+                f"{', '.join(_VERBS.get(a, a) for a in routes['abilities'])}",
                 param="model",
             )
         if not ready:

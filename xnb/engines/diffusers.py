@@ -70,7 +70,7 @@ class DiffusersEngine(Engine):
         device = opts.device or (f"cuda:{self.resources.gpus[0]}" if self.resources.gpus else "cpu")
         dtype = getattr(torch, _DTYPES.get(self.spec.quantization, "float32"))
         torch.set_num_threads(max(1, self.resources.threads))  # per process, as the other torch engines
-        pipe = AutoPipelineForText2Image.from_pretrained(str(self.model_path), torch_dtype=dtype,
+        pipe = AutoPipelineForText2Image.from_pretrained(str(self.model_path), dtype=dtype,
                                                          local_files_only=True)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
