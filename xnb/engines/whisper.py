@@ -109,16 +109,18 @@ class WhisperEngine(Engine):
         self._requests += 1
         self._audio_seconds += info.duration
         yield {"kind": "info", "language": info.language, "duration": round(info.duration, 3)}
+        end_of_audio = round(info.duration, 3)
         for seg in segments:
+            # Whisper's timestamp tokens can overshoot the audio (tiny models do): clamp them.
             out: dict[str, Any] = {
-                "kind": "segment", "id": seg.id - 1, "seek": seg.seek, "start": round(seg.start, 3),
-                "end": round(seg.end, 3), "text": seg.text, "tokens": list(seg.tokens),
+                "kind": "segment", "id": seg.id - 1, "seek": seg.seek, "start": min(round(seg.start, 3), end_of_audio),
+                "end": min(round(seg.end, 3), end_of_audio), "text": seg.text, "tokens": list(seg.tokens),
                 "temperature": seg.temperature, "avg_logprob": seg.avg_logprob,
                 "compression_ratio": seg.compression_ratio, "no_speech_prob": seg.no_speech_prob,
             }
             if seg.words:
-                out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
-                                for w in seg.words]
+                out["words"] = [{"word": w.word, "start": min(round(w.start, 3), end_of_audio),
+                                 "end": min(round(w.end, 3), end_of_audio)} for w in seg.words]
             yield out
 
     def stats(self) -> dict[str, Any]:
