@@ -56,7 +56,7 @@ def validation_message(exc: ValidationError) -> str:
 def load_builtin_families() -> list[ModelFamily]:
     """Every family JSON shipped in ``xnb/catalog/families``."""
     out = []
-    # importlib.resources.files by module path: the submodule xnb.catalog.files shadows a bare `files`.
+    # (not `files`: that name is the submodule xnb.catalog.files once it is imported)
     for entry in sorted(resources.files("xnb.catalog").joinpath("families").iterdir(), key=lambda p: p.name):
         if not entry.name.endswith(".json"):
             continue
