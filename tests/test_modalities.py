@@ -75,8 +75,7 @@ def minilm(client: Client) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def cross_encoder(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
     path = build_cross_encoder(tmp_path_factory.mktemp("cross-encoder"))
-    client._sync(lambda: client.manager.register(local_family("tiny-cross-encoder", path, "rerank", "pytorch"),
-                                                  overwrite=True))
+    client.register(local_family("tiny-cross-encoder", path, "rerank", "pytorch"), overwrite=True)
     yield client.launch("tiny-cross-encoder", uid=CROSS, timeout=120), path
     _terminate(client, CROSS)
 
@@ -86,7 +85,7 @@ def drawer(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     path = build_pipeline(tmp_path_factory.mktemp("pipeline"))
     family = local_family("tiny-diffusion", path, "image", "diffusers",
                           engine_options={"steps": 2, "guidance_scale": 0.0})
-    client._sync(lambda: client.manager.register(family, overwrite=True))
+    client.register(family, overwrite=True)
     yield client.launch("tiny-diffusion", uid=DRAW, timeout=180)
     _terminate(client, DRAW)
 

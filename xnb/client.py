@@ -11,12 +11,8 @@ from __future__ import annotations
 import atexit
 import io
 import logging
-<<<<<<< HEAD
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Union
-=======
-from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, cast
->>>>>>> main
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, Union, cast
 
 import numpy as np
 
@@ -35,7 +31,6 @@ from xnb.openai.requests import (
     EmbeddingRequest,
     parse_request,
 )
-<<<<<<< HEAD
 from xnb.openai.media import (
     ImagesRequest,
     RerankRequest,
@@ -43,17 +38,22 @@ from xnb.openai.media import (
     TranscriptionRequest,
     transcription_body,
 )
-=======
 from xnb.protocol import ModelInfo
->>>>>>> main
 from xnb.settings import XnbSettings
 
 __all__ = ["connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
 
 logger = logging.getLogger(__name__)
 
-<<<<<<< HEAD
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[ModelInfo], None]
+
+
+#: Rows of plain JSON records (events, replicas, catalog entries).
+Rows = list[dict[str, Any]]
+Models = list[ModelInfo]
+T = TypeVar("T")
+
+
 #: An audio file: its path, or its bytes.
 AudioInput = Union[str, Path, bytes, bytearray]
 
@@ -73,15 +73,6 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-=======
-Progress = Callable[[ModelInfo], None]
->>>>>>> main
-
-
-#: Rows of plain JSON records (events, replicas, catalog entries).
-Rows = list[dict[str, Any]]
-Models = list[ModelInfo]
-T = TypeVar("T")
 
 
 def _log_progress(record: ModelInfo) -> None:
@@ -142,7 +133,6 @@ class AsyncModel:
             parse_request(EmbeddingRequest, {"model": self.uid, "input": input, **params})
         )
 
-<<<<<<< HEAD
     async def transcribe(self, audio: AudioInput, *, response_format: str = "text", task: str = "transcribe",
                          **params: Any) -> Any:
         """Speech to text from a file path or the file's bytes: the text (``response_format="text"``),
@@ -161,7 +151,7 @@ class AsyncModel:
         return await self.manager.speech(self.uid, body.to_engine(stream=False))
 
     async def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None,
-                     **params: Any) -> list[dict[str, Any]]:
+                     **params: Any) -> Rows:
         """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
         body = parse_request(RerankRequest, {"model": self.uid, "query": query, "documents": documents,
                                              "top_n": top_n, **params})
@@ -177,10 +167,7 @@ class AsyncModel:
         images = [Image.open(io.BytesIO(png)) for png in pngs]
         return images[0] if n == 1 else images
 
-    async def info(self) -> list[dict[str, Any]]:
-=======
     async def info(self) -> Rows:
->>>>>>> main
         """Each replica's status and counters."""
         return await self.manager.replica_info(self.uid)
 
@@ -317,7 +304,6 @@ class Model:
     def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
         return self._client._sync(lambda: self._amodel.embeddings(input, **params))
 
-<<<<<<< HEAD
     def transcribe(self, audio: AudioInput, *, response_format: str = "text", task: str = "transcribe",
                    **params: Any) -> Any:
         """Speech to text from a file path or bytes (see :meth:`AsyncModel.transcribe`)."""
@@ -336,8 +322,7 @@ class Model:
             return Audio(data=audio)
         return audio
 
-    def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None,
-               **params: Any) -> list[dict[str, Any]]:
+    def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None, **params: Any) -> Rows:
         """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
         return self._client._sync(lambda: self._amodel.rerank(query, documents, top_n=top_n, **params))
 
@@ -345,10 +330,7 @@ class Model:
         """Text to image: a PIL image (shown inline in Jupyter), a list when ``n > 1``."""
         return self._client._sync(lambda: self._amodel.image(prompt, n=n, size=size, **params))
 
-    def info(self) -> list[dict[str, Any]]:
-=======
     def info(self) -> Rows:
->>>>>>> main
         return self._client._sync(self._amodel.info)
 
     def events(self) -> Rows:

@@ -184,13 +184,9 @@ def _package_folders(module: str) -> list[Path] | None:
 
 def _model_files(path: Path, spec: LaunchSpec, what: str) -> _Found:
     """Check ``path`` has the shape the spec's format needs; gather split GGUF parts."""
-<<<<<<< HEAD
-    if spec.format != "gguf":
-=======
     if spec.format == "none":  # no weights (the echo test engine): any existing path will do
         return _Found(path, [])
-    if spec.format == "pytorch":
->>>>>>> main
+    if spec.format != "gguf":
         if not path.is_dir():
             raise _Unavailable(f"{what}: {path} is a file, but a {spec.format} model needs a folder")
         return _Found(path, [path])

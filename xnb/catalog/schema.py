@@ -27,18 +27,13 @@ __all__ = [
     "size_to_billions",
 ]
 
-<<<<<<< HEAD
 #: What a model does: text (chat, generate), vectors (embed), scores (rerank),
 #: speech to text (transcribe), text to speech (speech), text to image (image).
 Ability = Literal["chat", "generate", "embed", "rerank", "transcribe", "speech", "image"]
 #: How its weights are stored: one .gguf file, or a folder (pytorch snapshot, a
-#: CTranslate2 conversion, an ONNX voice with its .json, a diffusers pipeline).
-Format = Literal["gguf", "pytorch", "ctranslate2", "onnx", "diffusers"]
-=======
-Ability = Literal["chat", "generate", "embed", "rerank"]
-#: Weight formats; "none": an engine that needs no weights (the echo test engine).
-Format = Literal["gguf", "pytorch", "none"]
->>>>>>> main
+#: CTranslate2 conversion, an ONNX voice with its .json, a diffusers pipeline);
+#: "none": an engine that needs no weights (the echo test engine).
+Format = Literal["gguf", "pytorch", "ctranslate2", "onnx", "diffusers", "none"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([mb])$")
