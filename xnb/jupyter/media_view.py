@@ -13,11 +13,12 @@ from typing import Any
 
 import ipywidgets as w
 
+from xnb.protocol import ModelStatus
+
 __all__ = ["TryBox", "ABILITIES"]
 
 #: What the tab can try, in the order a model's abilities are looked up.
 ABILITIES = ("speech", "transcribe", "rerank", "image")
-_READY = ("ready", "degraded", "unloaded")
 
 
 class TryBox(w.VBox):
@@ -56,7 +57,7 @@ class TryBox(w.VBox):
         abilities = {}
         for r in records:
             found = next((a for a in ABILITIES if a in r["spec"]["abilities"]), None)
-            if r["status"] in _READY and found:
+            if ModelStatus(r["status"]).serving and found:
                 abilities[r["uid"]] = found
         if abilities != self.abilities:
             self.abilities = abilities
