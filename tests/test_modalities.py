@@ -374,3 +374,28 @@ def test_panel_try_tab_speaks_transcribes_and_ranks(client: Client, audio_models
         assert box.try_model()[0]["index"] == 1 and "Paris" in box.result.value
     finally:
         panel.close()
+
+
+def test_magics_rerank_image_and_transcribe_a_variable(client: Client, minilm: Any, drawer: Any, spoken: bytes,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from xnb.jupyter.magics import XnbMagics
+
+    fresh = not InteractiveShell.initialized()
+    ip = InteractiveShell.instance()
+    ip.register_magics(XnbMagics(ip, client=client))
+    try:
+        ip.user_ns.update(docs=DOCS, audio=spoken)
+        ip.run_line_magic("xnb", "rerank --model mod-minilm --top 2 --out ranked --docs docs What is the capital of France?")
+        assert [r["index"] for r in ip.user_ns["ranked"]][0] == 1 and len(ip.user_ns["ranked"]) == 2
+        table = capsys.readouterr().out
+        assert table.splitlines()[0].split() == ["RANK", "SCORE", "INDEX", "DOCUMENT"] and "Paris" in table
+        ip.run_line_magic("xnb", f"image --model {DRAW} --size 64x48 --seed 3 --steps 2 --out pic a red square")
+        assert ip.user_ns["pic"].size == (64, 48)
+        assert "PIL" in capsys.readouterr().out  # displayed (a terminal shell prints its repr)
+        ip.run_line_magic("xnb", f"transcribe --model {WHISPER} --out heard audio")
+        assert words(ip.user_ns["heard"]) == words(SENTENCE) == words(capsys.readouterr().out)
+    finally:
+        if fresh:
+            InteractiveShell.clear_instance()
