@@ -18,6 +18,7 @@ workers that only serve GGUF never import them.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import random
@@ -27,7 +28,7 @@ from pydantic import Field
 
 from xnb.engines.base import Engine, EngineOptions
 from xnb.engines.media import ImageRequest
-from xnb.errors import InvalidRequest, LaunchFailed
+from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
 
 __all__ = ["DiffusersEngine", "DiffusersOptions"]
 
@@ -144,6 +145,11 @@ class DiffusersEngine(Engine):
             "output_type": "pil",
         }
         if request.negative_prompt:
+            if "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
+                raise UnsupportedParameter(
+                    f"{self.spec.model_name} ({type(pipe).__name__}) takes no negative_prompt; leave it out",
+                    param="negative_prompt",
+                )
             kwargs["negative_prompt"] = request.negative_prompt
         with torch.inference_mode():
             images = pipe(**kwargs).images
