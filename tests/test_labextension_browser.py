@@ -10,6 +10,7 @@ Needs the built extension (scripts/build-labextension.sh), ``/usr/bin/chromium``
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,7 @@ def open_sidebar(page: Any) -> Any:
 def set_theme(page: Any, theme: str) -> None:
     page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
     page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
-    page.locator(".lm-Menu-itemLabel", has_text=theme).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(theme)}$")).click()
     expect_light = "Light" in theme
     page.wait_for_function(f"document.body.dataset.jpThemeLight === '{str(expect_light).lower()}'", timeout=30_000)
 

@@ -202,7 +202,8 @@ export class CatalogView {
         return;
       }
       progress.hidden = false;
-      bar.style.width = `${Math.round(100 * launchFraction(state))}%`;
+      const finished = state.done && !state.error;
+      bar.style.width = `${finished ? 100 : Math.round(100 * launchFraction(state))}%`;
       bar.classList.toggle('xnb-progress-failed', !!state.error);
       (progress.querySelector('.xnb-launch-phase') as HTMLElement).textContent =
         state.done && !state.error && state.record ? `${state.record.uid} is ${state.record.status}` : phaseText(state);

@@ -19,7 +19,7 @@ import { XnbSidebar } from './panel';
 import { SnippetKind, snippetCells } from './snippets';
 import { XnbStore } from './state';
 
-const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16">
+const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">
   <g class="jp-icon3" fill="#616161"><rect x="3" y="3" width="7" height="7" rx="1.5"/><rect x="14" y="3" width="7" height="7" rx="1.5"/>
   <rect x="3" y="14" width="7" height="7" rx="1.5"/><rect x="14" y="14" width="7" height="7" rx="1.5" opacity=".5"/></g></svg>`;
 
@@ -70,7 +70,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(COMMANDS.open, {
       label: 'xnb: Show Models',
       caption: 'Open the xnb sidebar: running models, catalog, cluster, chat',
-      icon: args => (args.isLauncher ? xnbIcon : undefined),
+      icon: xnbIcon,
       execute: () => shell.activateById(sidebar.id)
     });
     app.commands.addCommand(COMMANDS.refresh, {

@@ -225,6 +225,25 @@ class ModelHandler(XnbHandler):
         self.reply(await self.manager.terminate(uid))
 
 
+class ModelScaleHandler(XnbHandler):
+    @_endpoint
+    async def post(self, uid: str) -> None:
+        from xnb.api.admin import ScaleBody
+        from xnb.openai.requests import parse_request
+
+        body = parse_request(ScaleBody, self.json_body())
+        self.reply(await self.manager.scale(uid, body.replicas))
+
+
+class ModelReplicasHandler(XnbHandler):
+    """Each ready replica's own report: requests, in flight, queue, engine counters (the sidebar's live numbers)."""
+
+    @_endpoint
+    async def get(self, uid: str) -> None:
+        await self.manager.describe(uid)  # 404 for unknown uids
+        self.reply({"data": await self.manager.replica_info(uid)})
+
+
 class ModelEventsHandler(XnbHandler):
     @_endpoint
     async def get(self, uid: str) -> None:
@@ -344,6 +363,8 @@ def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
         (r"/xnb/api/models", ModelsHandler, {}),
         (rf"/xnb/api/models/{uid}", ModelHandler, {}),
         (rf"/xnb/api/models/{uid}/events", ModelEventsHandler, {}),
+        (rf"/xnb/api/models/{uid}/scale", ModelScaleHandler, {}),
+        (rf"/xnb/api/models/{uid}/replicas", ModelReplicasHandler, {}),
         (r"/xnb/api/catalog", CatalogHandler, {}),
         (rf"/xnb/api/catalog/{uid}", CatalogEntryHandler, {}),
         (rf"/xnb/api/catalog/{uid}/engines", CatalogEnginesHandler, {}),
