@@ -103,6 +103,8 @@ export class XnbStore {
       standby: () => (this._visible ? 'when-hidden' : true),
       name: 'xnb:sidebar'
     });
+    // The constructor raises `max` to at least 30 s; the setter takes ours as given.
+    this.poll.frequency = { interval, backoff: true, max: Math.max(interval, options.max ?? 60_000) };
   }
 
   /** Emitted after every poll (success or failure) and every launch update. */
