@@ -50,6 +50,13 @@ def page(jupyter: JupyterServer) -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture(autouse=True)
+def final_screenshot(page: Any, request: pytest.FixtureRequest) -> Iterator[None]:
+    """How the page looked when the test ended (the place to look when one fails)."""
+    yield
+    snap(page, f"end-{request.node.name}")
+
+
 def snap(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
@@ -139,6 +146,7 @@ def test_sidebar_launch_use_chat_terminate(jupyter: JupyterServer, page: Any) ->
     sidebar.get_by_role("tab", name="Chat").click()
     chat = sidebar.locator(".xnb-chat")
     chat.locator(".xnb-chat-model").select_option("lab-smol")
+    chat.locator(".xnb-chat-max-tokens").fill("24")  # a short answer: the machine may be busy
     chat.locator(".xnb-chat-input").fill("What is the capital of France?")
     chat.locator(".xnb-chat-send").click()
     answer = chat.locator(".xnb-msg-assistant:not(.xnb-msg-streaming)")

@@ -16,6 +16,8 @@ export class ChatView {
   private send = h('button', { class: 'jp-Button jp-mod-styled jp-mod-accept xnb-chat-send' }, 'Send');
   private stop = h('button', { class: 'jp-Button jp-mod-styled xnb-chat-stop', disabled: true }, 'Stop');
   private clear = h('button', { class: 'jp-Button jp-mod-styled xnb-chat-clear' }, 'Clear');
+  private maxTokens = h('input', { class: 'jp-mod-styled xnb-chat-max-tokens', type: 'number', min: 1, value: 256,
+                                   title: 'Longest answer, in tokens', 'aria-label': 'Max tokens' });
   private error = h('div', { class: 'xnb-error xnb-chat-error', hidden: true });
   private conversations = new Map<string, Message[]>();
   private abort: AbortController | null = null;
@@ -24,7 +26,8 @@ export class ChatView {
     this.node.append(
       h('div', { class: 'xnb-row' }, h('span', {}, 'Model'), this.model),
       this.log, this.error, this.input,
-      h('div', { class: 'xnb-row' }, this.send, this.stop, this.clear));
+      h('div', { class: 'xnb-row' }, this.send, this.stop, this.clear,
+        h('label', { class: 'xnb-muted xnb-chat-limit' }, 'max tokens ', this.maxTokens)));
     this.model.addEventListener('change', () => this.renderLog());
     this.send.addEventListener('click', () => void this.ask());
     this.stop.addEventListener('click', () => this.abort?.abort());
@@ -99,7 +102,7 @@ export class ChatView {
         answer.content += delta;
         bubble.textContent = answer.content;
         this.log.scrollTop = this.log.scrollHeight;
-      }, { signal: this.abort.signal, max_tokens: 256 });
+      }, { signal: this.abort.signal, max_tokens: Math.max(1, Number(this.maxTokens.value) || 256) });
     } catch (err) {
       if ((err as Error).name !== 'AbortError' && !this.abort.signal.aborted) {
         this.error.hidden = false;
