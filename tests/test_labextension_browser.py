@@ -121,7 +121,12 @@ def test_sidebar_launch_use_chat_terminate(jupyter: JupyterServer, page: Any) ->
     card.locator(".xnb-live").wait_for(timeout=30_000)  # live counters of the ready replica
     page.wait_for_function("document.querySelector('.xnb-statusbar').textContent === 'xnb: 1 ready'",
                            timeout=60_000)
+    card.locator(".xnb-events-toggle").click()
+    card.locator(".xnb-events .xnb-event").first.wait_for(timeout=30_000)
+    assert "ready" in card.locator(".xnb-events").inner_text()
     snap(page, "05-models")
+    card.locator(".xnb-events-toggle").click()
+    card.locator(".xnb-events").wait_for(state="detached", timeout=10_000)
 
     # "Use it": the openai snippet into a new notebook, run there through Jupyter's proxy.
     card.locator(".xnb-snippet-openai").click()
