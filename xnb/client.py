@@ -155,7 +155,8 @@ class AsyncModel:
         """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
         body = parse_request(RerankRequest, {"model": self.uid, "query": query, "documents": documents,
                                              "top_n": top_n, **params})
-        return (await self.manager.rerank_response(body))["results"]
+        results: Rows = (await self.manager.rerank_response(body))["results"]
+        return results
 
     async def image(self, prompt: str, *, n: int = 1, size: str | None = None, **params: Any) -> Any:
         """Text to image: a PIL image (a list of them when ``n > 1``); Jupyter shows it inline.
@@ -319,7 +320,7 @@ class Model:
         if response_format != "pcm" and (display or (display is None and in_notebook())):
             from IPython.display import Audio
 
-            return Audio(data=audio)
+            return Audio(data=audio)  # type: ignore[no-untyped-call]
         return audio
 
     def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None, **params: Any) -> Rows:
