@@ -30,6 +30,9 @@ __all__ = ["create_app", "run_sidecar"]
 
 logger = logging.getLogger(__name__)
 
+#: A reconnect attempt (after Dask's own reconnecting gave up) waits this long for the scheduler.
+RECONNECT_TIMEOUT = "5s"
+
 
 def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | None = None) -> FastAPI:
     """Build the sidecar app.  It connects to the scheduler when it starts (lifespan)."""
@@ -45,17 +48,22 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
                 "no scheduler to serve: pass --scheduler ADDRESS (XNB_SCHEDULER_ADDRESS) "
                 "or start a cluster with `xnb local`"
             )
-        dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                            security=security_for(settings, address))
+        security = security_for(settings, address)
+
+        async def open_client(timeout: str | None = None) -> Client:
+            return await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
+                                security=security, **({"timeout": timeout} if timeout else {}))
+
+        dask = await open_client()
         await ensure_supervisor_async(dask)
-        app.state.dask = dask
-        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s)
+        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s,
+                                         reconnect=lambda: open_client(RECONNECT_TIMEOUT))
         logger.info("xnb sidecar serving scheduler %s", address)
         try:
             yield
         finally:
             await app.state.manager.close()
-            await dask.close()
+            await app.state.manager.client.close()
 
     app = FastAPI(
         title="xnb",

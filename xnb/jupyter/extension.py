@@ -160,9 +160,19 @@ class XnbExtension(ExtensionApp):
         from xnb.runtime.cluster import ensure_supervisor_async
         from xnb.manager import ModelManager
 
-        self._dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
+        from xnb.runtime.cluster import security_for
+
+        security = security_for(settings, address)
+
+        async def open_client(timeout: str | None = None) -> Any:
+            return await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
+                                security=security, **({"timeout": timeout} if timeout else {}))
+
+        self._dask = await open_client()
         await ensure_supervisor_async(self._dask)
-        manager = ModelManager(self._dask, stream_poll_s=settings.stream_poll_s)
+        # The scheduler may restart: the manager opens a new client by itself (503 meanwhile).
+        manager = ModelManager(self._dask, stream_poll_s=settings.stream_poll_s,
+                               reconnect=lambda: open_client("5s"))
         self.state.manager = manager
         self.serverapp.web_app.settings[MANAGER_KEY] = manager
 
@@ -217,6 +227,8 @@ class XnbExtension(ExtensionApp):
             except Exception as exc:  # noqa: BLE001 - it failed to start (logged at startup): nothing to close
                 self.log.warning("xnb: the embedded cluster did not start: %s", exc)
         self.serverapp.web_app.settings[MANAGER_KEY] = None
+        if self.state.manager is not None:
+            self._dask = self.state.manager.client  # a reconnect may have replaced the first one
         self.state.manager = None
         if self.state.sidecar is not None:
             await loop.run_in_executor(None, self.state.sidecar.stop)

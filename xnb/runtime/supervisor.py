@@ -44,6 +44,7 @@ from xnb.errors import (
 )
 from xnb.runtime.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
 from xnb.runtime.registry import ModelRecord, ReplicaRecord
+from xnb.runtime.store import StateStore, restore_models
 from xnb.settings import XnbSettings
 
 __all__ = ["Supervisor", "PLUGIN_NAME"]
@@ -79,8 +80,10 @@ class Supervisor(SchedulerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, home: str | None = None) -> None:
+    def __init__(self, home: str | None = None, state_dir: str | None = None) -> None:
         self.home = home
+        self.state_dir = state_dir  # None: nothing persists (the embedded cluster)
+        self.store: StateStore | None = None
         self.models: dict[str, ModelRecord] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -114,6 +117,9 @@ class Supervisor(SchedulerPlugin):
             "xnb_cluster": self.cluster,
         }
         scheduler.handlers.update({k: _handler(v) for k, v in handlers.items()})
+        if self.state_dir is not None:
+            self.store = StateStore(self.state_dir)
+            restore_models(self, self.store.models())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -191,6 +197,21 @@ class Supervisor(SchedulerPlugin):
                 param="model",
             ) from None
 
+    def _persist(self, change: str, record: ModelRecord) -> None:
+        """Tell the state store (if any) what the user asked for: ``launched``,
+        ``scaled`` or ``terminated``."""
+        if self.store is None:
+            return
+        names = [str(ws.name) for r in record.replicas
+                 if (ws := self.scheduler.workers.get(r.worker)) is not None]
+        if change == "launched":
+            self.store.launched(record.uid, record.launch, created=record.created, workers=names)
+        elif change == "scaled":
+            live = sum(1 for r in record.replicas if r.status not in ("lost", "error", "stopped"))
+            self.store.scaled(record.uid, live, workers=names)
+        else:
+            self.store.terminated(record.uid)
+
     def _release(self, replica: ReplicaRecord) -> None:
         if replica.future is not None:
             replica.future.release()
@@ -262,10 +283,29 @@ class Supervisor(SchedulerPlugin):
         max_restarts: int = 3,
         keep_alive: float | None = None,
     ) -> dict[str, Any]:
+        launch = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        record, needs = self._new_record(launch)
+        placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
+        record.replicas = [
+            ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
+            for i, p in enumerate(placements)
+        ]
+        self.models[record.uid] = record
+        self._persist("launched", record)
+        self._emit(record, "launch", f"launching {replicas} replica(s) of {record.spec.model_name} "
+                   f"on {record.spec.engine}")
+        for replica in record.replicas:
+            self._spawn(self._start_replica(record, replica))
+        return record.describe()
+
+    def _new_record(self, launch: dict[str, Any]) -> tuple[ModelRecord, Needs]:
+        """Resolve and check launch options (``launch``: the keyword arguments of
+        :meth:`launch`); a record without replicas, and what one replica needs."""
         spec = self.catalog.resolve(
-            model, engine=engine, fmt=format, size=size, quantization=quantization,
-            engine_options=engine_options,
+            launch["model"], engine=launch.get("engine"), fmt=launch.get("format"), size=launch.get("size"),
+            quantization=launch.get("quantization"), engine_options=launch.get("engine_options"),
         )
+        uid = launch.get("uid")
         if uid is None:  # the model's own name, unless another replica set already uses it
             uid = spec.model_name if spec.model_name not in self.models else f"{spec.model_name}-{uuid.uuid4().hex[:6]}"
         if not _UID_RE.match(uid):
@@ -277,36 +317,31 @@ class Supervisor(SchedulerPlugin):
                 f"a model with uid {uid!r} is already running; choose another uid or terminate it",
                 param="uid",
             )
+        restart = launch.get("restart", "never")
         if restart not in ("never", "on-failure"):
             raise InvalidRequest("restart must be 'never' or 'on-failure'", param="restart")
-        if not 1 <= replicas <= 64:
+        if not 1 <= launch.get("replicas", 1) <= 64:
             raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
+        keep_alive = launch.get("keep_alive")
         if keep_alive is not None and keep_alive <= 0:
             raise InvalidRequest("keep_alive must be a positive number of seconds", param="keep_alive")
+        gpus, gpu_idx = launch.get("gpus"), launch.get("gpu_idx")
         n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
-        needs = Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
-        placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
+        max_queue = launch.get("max_queue")
         record = ModelRecord(
             uid=uid,
             spec=spec,
             options={
                 "max_queue": self.settings.max_queue if max_queue is None else max_queue,
                 "restart": restart,
-                "max_restarts": max_restarts,
+                "max_restarts": launch.get("max_restarts", 3),
                 "gpus": n_gpus,
-                "workers": workers,
+                "workers": launch.get("workers"),
                 "keep_alive": keep_alive,
             },
         )
-        record.replicas = [
-            ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
-            for i, p in enumerate(placements)
-        ]
-        self.models[uid] = record
-        self._emit(record, "launch", f"launching {replicas} replica(s) of {spec.model_name} on {spec.engine}")
-        for replica in record.replicas:
-            self._spawn(self._start_replica(record, replica))
-        return record.describe()
+        record.launch = {**launch, "uid": uid}
+        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
 
     async def _start_replica(self, record: ModelRecord, replica: ReplicaRecord) -> None:
         """Create the actor on its worker and load the model."""
@@ -436,6 +471,7 @@ class Supervisor(SchedulerPlugin):
         if record.terminating:
             return record.describe()
         record.terminating = True
+        self._persist("terminated", record)
         self._emit(record, "terminating", "terminating")
         await asyncio.gather(*(self._stop_replica(r) for r in record.replicas))
         self.models.pop(uid, None)
@@ -476,6 +512,7 @@ class Supervisor(SchedulerPlugin):
             await asyncio.gather(*(self._stop_replica(r) for r in drop))
             record.replicas = [r for r in record.replicas if r not in drop]
             self._notify(uid)
+        self._persist("scaled", record)
         return record.describe()
 
     # -- handlers: catalog and cluster ----------------------------------------------------------
