@@ -57,7 +57,10 @@ def test_scheduler_restart_restores_models(tmp_path: Path) -> None:
         wait_until(lambda: port_open(port), 30, "the scheduler port")
         procs.start("worker", address, "--nthreads", "1", "--name", "w1")  # with a nanny
         procs.worker(address, "w2")  # without
-        procs.start("serve", "--scheduler", address, "--port", str(api_port))
+        # The sidecar's Dask client gives up reconnecting after 3 s (Dask's default: 30 s), so
+        # the sidecar's own reconnecting (a new client) is what brings it back.
+        procs.start("serve", "--scheduler", address, "--port", str(api_port),
+                    env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"})
         client = Client(address, settings=XnbSettings(home=home))
         wait_until(lambda: set(workers_by_name(client)) >= {"w1", "w2"}, 60, "two workers")
         pair = client.launch(SMOL, uid="pair", replicas=2, timeout=120)
@@ -74,13 +77,16 @@ def test_scheduler_restart_restores_models(tmp_path: Path) -> None:
 
         os.kill(sched.pid, signal.SIGKILL)
         sched.wait(timeout=10)
-        # While the cluster is away the sidecar answers 503 with Retry-After, at once.
-        def unavailable() -> bool:
+        # While the cluster is away the sidecar answers 503 with Retry-After, at once,
+        # until its Dask client has given up (then it opens new ones by itself).
+        def unavailable(state: str = "") -> bool:
             started = time.monotonic()
             r = _chat(api, "pair")
             assert time.monotonic() - started < 10, "the sidecar hung while the scheduler was away"
-            return r.status_code == 503 and "Retry-After" in r.headers
-        wait_until(unavailable, 30, "a 503 with Retry-After from the sidecar")
+            assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+            return f"({state}" in r.json()["error"]["message"]
+        wait_until(unavailable, 30, "a 503 from the sidecar")
+        wait_until(lambda: unavailable("closed"), 30, "the sidecar's Dask client to give up")
 
         restarted = time.monotonic()
         procs.start(*scheduler_args)

@@ -85,7 +85,7 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
         except (XnbError, asyncio.TimeoutError) as exc:
             reason = exc.message if isinstance(exc, XnbError) else "the scheduler did not answer in 5 s"
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ok", "scheduler": manager.client.scheduler.address, **info})
+        return JSONResponse({"status": "ok", "scheduler": manager.address, **info})
 
     @app.get("/metrics", tags=["meta"])
     async def metrics(request: Request) -> Response:

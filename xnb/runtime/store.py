@@ -16,12 +16,18 @@ A terminated model is removed from the store, so it stays terminated.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from xnb.errors import XnbError
+from xnb.protocol import LaunchOptions, ReplicaStatus, validate
+from xnb.runtime.placement import place
+from xnb.runtime.registry import ReplicaRecord
 
 __all__ = ["StateStore", "SavedModel", "STATE_FILE", "STATE_VERSION", "restore_models", "RESTORE_GRACE_S"]
 
@@ -117,19 +123,16 @@ def restore_models(supervisor: Any, saved: dict[str, SavedModel]) -> None:
     """Put the saved models back in the registry at once (replicas ``restarting``:
     listed, answering 503 until ready) and relaunch them as workers join, placed
     in the order they were first launched."""
-    from xnb.errors import XnbError
-    from xnb.runtime.registry import ReplicaRecord
-
     pending = []
     for uid, model in sorted(saved.items(), key=lambda item: item[1].get("created", 0)):
         try:
-            record, needs = supervisor._new_record(model["launch"])
+            record, needs = supervisor._new_record(validate(LaunchOptions, model["launch"]))
         except XnbError as exc:  # e.g. its custom catalog entry was removed meanwhile
             logger.error("cannot restore model %s: %s", uid, exc.message)
             continue
         record.created = float(model.get("created") or record.created)
         n = int(model["launch"].get("replicas", 1))
-        record.replicas = [ReplicaRecord(index=i, worker="", memory=needs.memory, status="restarting")
+        record.replicas = [ReplicaRecord(index=i, worker="", memory=needs.memory, status=ReplicaStatus.RESTARTING)
                            for i in range(n)]
         supervisor.models[record.uid] = record
         supervisor._emit(record, "restore", f"restoring {n} replica(s) after a scheduler restart; "
@@ -142,11 +145,6 @@ def restore_models(supervisor: Any, saved: dict[str, SavedModel]) -> None:
 async def _relaunch(supervisor: Any, pending: list[tuple[Any, Any, set[str]]]) -> None:
     """Place each restored model once the workers it ran on are back (or after
     :data:`RESTORE_GRACE_S`, on the workers there are), then launch its replicas."""
-    import asyncio
-
-    from xnb.errors import XnbError
-    from xnb.runtime.placement import place
-
     deadline = time.monotonic() + RESTORE_GRACE_S
     waiting_said: set[str] = set()
     while pending:
@@ -169,7 +167,7 @@ async def _relaunch(supervisor: Any, pending: list[tuple[Any, Any, set[str]]]) -
                 continue
             pending.remove(item)
             for replica, placement in zip(record.replicas, placements):
-                replica.worker, replica.gpus, replica.status = placement.worker, placement.gpus, "launching"
+                replica.worker, replica.gpus, replica.status = placement.worker, placement.gpus, ReplicaStatus.LAUNCHING
             supervisor._emit(record, "launch", f"launching {len(record.replicas)} replica(s) of "
                              f"{record.spec.model_name} on {record.spec.engine} (restored)")
             for replica in record.replicas:
