@@ -81,8 +81,11 @@ def serve(**flags: Any) -> None:
 @click.option("--port", type=int, default=8786, show_default=True, help="scheduler port")
 @click.option("--host", "--scheduler-host", "bind_host", default="127.0.0.1", show_default=True,
               help="address to listen on (this machine's address, or 0.0.0.0, for other machines)")
+@click.option("--worker-ttl", default="60s", show_default=True,
+              help="a worker silent this long (its host's network cut) is removed and its replicas "
+              "relaunched (Dask's default: 5 minutes)")
 @settings_options("home", "state_dir", "dashboard", *_TLS_FLAGS)
-def scheduler(port: int, bind_host: str, **flags: Any) -> None:
+def scheduler(port: int, bind_host: str, worker_ttl: str, **flags: Any) -> None:
     """Run a Dask scheduler with xnb's Supervisor (workers join with `xnb worker`).
 
     Launched models are saved in --state-dir; started again with the same
@@ -106,7 +109,7 @@ def scheduler(port: int, bind_host: str, **flags: Any) -> None:
 
     async def run() -> None:
         async with Scheduler(
-            host=bind_host, port=port, protocol=protocol, security=security,
+            host=bind_host, port=port, protocol=protocol, security=security, worker_ttl=worker_ttl,
             dashboard=settings.dashboard, dashboard_address=f"{bind_host}:8787" if settings.dashboard else f"{bind_host}:0",
             plugins=[Supervisor(home=str(settings.home), state_dir=str(settings.state_path))],
         ) as s:
