@@ -19,14 +19,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from xnb.runtime.cluster import temporary_security
 
-from support import SMOL, Procs, free_port, wait_until
+from support import SMOL, Procs, free_port
 
 NET = "10.231.0"
 HOSTS = {"s": f"{NET}.1", "a": f"{NET}.2", "b": f"{NET}.3"}

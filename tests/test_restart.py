@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -109,7 +108,7 @@ def test_scheduler_restart_restores_models(tmp_path: Path) -> None:
             client.get("gone")
         # The sidecar (never restarted) serves both again.
         for uid in ("pair", "solo"):
-            wait_until(lambda: _chat(api, uid).status_code == 200, 60, f"the sidecar to serve {uid}")
+            wait_until(lambda uid=uid: _chat(api, uid).status_code == 200, 60, f"the sidecar to serve {uid}")
         print(f"models back to ready {recovered_s:.1f}s after the scheduler restarted (bound {RECOVERY_S}s)")
     finally:
         if client is not None:

@@ -21,7 +21,7 @@ from xnb.api import admin, openai
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
-from xnb.runtime.cluster import ensure_supervisor_async, find_running_cluster, security_for
+from xnb.runtime.cluster import find_running_cluster, open_dask
 from xnb.errors import ClusterUnavailable, XnbError
 from xnb.manager import ModelManager
 from xnb.settings import XnbSettings
@@ -30,9 +30,6 @@ __all__ = ["create_app", "run_sidecar"]
 
 logger = logging.getLogger(__name__)
 
-#: A reconnect attempt (after Dask's own reconnecting gave up) waits this long for the scheduler.
-RECONNECT_TIMEOUT = "5s"
-
 
 def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | None = None) -> FastAPI:
     """Build the sidecar app.  It connects to the scheduler when it starts (lifespan)."""
@@ -40,24 +37,16 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from distributed import Client
-
         address = scheduler_address or find_running_cluster(settings)
         if address is None:
             raise ClusterUnavailable(
                 "no scheduler to serve: pass --scheduler ADDRESS (XNB_SCHEDULER_ADDRESS) "
                 "or start a cluster with `xnb local`"
             )
-        security = security_for(settings, address)
-
-        async def open_client(timeout: str | None = None) -> Client:
-            return await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                                security=security, **({"timeout": timeout} if timeout else {}))
-
-        dask = await open_client()
-        await ensure_supervisor_async(dask)
+        dask = await open_dask(address, settings, asynchronous=True)
+        # If the scheduler restarts and Dask's client gives up, the manager opens a new one.
         app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s,
-                                         reconnect=lambda: open_client(RECONNECT_TIMEOUT))
+                                         reconnect=lambda: open_dask(address, settings, asynchronous=True))
         logger.info("xnb sidecar serving scheduler %s", address)
         try:
             yield

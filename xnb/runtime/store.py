@@ -111,6 +111,19 @@ class StateStore:
         if self._models.pop(uid, None) is not None:
             self._write()
 
+    def apply(self, change: str, record: Any, workers: dict[str, Any]) -> None:
+        """Record a change to a model (``launch``, ``scale``, ``terminate``);
+        ``workers``: the scheduler's worker states by address (for their names)."""
+        names = [str(ws.name) for r in record.replicas if (ws := workers.get(r.worker)) is not None]
+        if change == "launch":
+            self.launched(record.uid, record.launch, created=record.created, workers=names)
+        elif change == "scale":
+            self.scaled(record.uid, sum(1 for r in record.replicas if r.status.live), workers=names)
+        elif change == "terminate":
+            self.terminated(record.uid)
+        else:
+            raise ValueError(f"unknown change {change!r}")
+
 
 # -- restoring after a scheduler restart ---------------------------------------------------------
 
