@@ -162,8 +162,9 @@ def test_soak(tmp_path: Path) -> None:
             rss: dict[str, list[float]] = {name: [] for name in pids}
 
             def sample_until_the_end() -> bool:
-                for name, pid in pids.items():
-                    rss[name].append(_proc(pid)["rss_mb"])
+                with loaded:  # samples comparable with each other: the second model not loaded
+                    for name, pid in pids.items():
+                        rss[name].append(_proc(pid)["rss_mb"])
                 return time.monotonic() - started > WARMUP_S + SOAK_S
 
             wait_until(sample_until_the_end, WARMUP_S + SOAK_S + 60, "the end of the soak", interval=15)
