@@ -129,7 +129,7 @@ class StateStore:
 
 #: How long a restored model waits for the workers its replicas ran on before it is
 #: placed on whatever workers have joined (it waits for a worker that fits regardless).
-RESTORE_GRACE_S = 20.0
+RESTORE_GRACE_S = 60.0
 
 
 def restore_models(supervisor: Any, saved: dict[str, SavedModel]) -> None:
