@@ -31,10 +31,12 @@ MAX_LEN = 2048
 OPTIONS = {"kv_cache_space": 1, "max_model_len": MAX_LEN}
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
-pytestmark = pytest.mark.skipif(
-    not (VENV / "bin" / "xnb").exists(),
-    reason="no .venv-vllm: run scripts/bootstrap-vllm.sh to test the vLLM engine",
-)
+pytestmark = [
+    pytest.mark.skipif(not (VENV / "bin" / "xnb").exists(),
+                       reason="no .venv-vllm: run scripts/bootstrap-vllm.sh to test the vLLM engine"),
+    # the first test also waits for the conversion and vLLM's start (minutes on a busy 2-core machine)
+    pytest.mark.timeout(900),
+]
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--replicas", type=int, default=1, show_default=True, help="replicas to start"),
         click.option("--worker", "workers", multiple=True, help="pin to this worker (repeatable)"),
         click.option("--gpus", type=click.IntRange(min=0),
-                     help="GPUs per replica (default: what the engine needs; llama.cpp: 0, vLLM: 1)"),
+                     help="GPUs per replica (default: what the engine needs: 0; vLLM on GPUs: --gpus N = tensor parallel over N)"),
         click.option("--gpu-idx", "gpu_idx", type=int, multiple=True, help="pin to these GPU indices"),
         click.option("--max-queue", type=int, help="requests a replica queues before answering 429"),
         click.option("--restart", type=click.Choice(["never", "on-failure"]), default="never",
