@@ -112,11 +112,12 @@ def main() -> None:
     parser.add_argument("--prompts-c8", type=int, default=24, help="requests at concurrency 8")
     parser.add_argument("--no-llama", action="store_true", help="skip xnb's llama.cpp engine")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--home", type=Path, help="XNB_HOME (reuses its converted model); default: a new temp dir")
     args = parser.parse_args()
     if not (VENV / "bin" / "python").exists():
         raise SystemExit("no .venv-vllm: run scripts/bootstrap-vllm.sh first")
     work = Path(tempfile.mkdtemp(prefix="xnb-vllm-bench-"))
-    home = work / "home"
+    home = args.home or work / "home"
     env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": str(KV_GIB)}
     main_py, vllm_py = sys.executable, str(VENV / "bin" / "python")
