@@ -24,6 +24,7 @@ from xnb.runtime.cluster import (
     write_runtime_file,
 )
 from xnb.errors import ClusterUnavailable
+from xnb.runtime.cluster_process import ClusterProcess, main_runs_from_a_file
 from xnb.manager import ModelManager
 from xnb.openai.requests import (
     ChatCompletionRequest,
@@ -458,7 +459,10 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
     ``address`` (or ``XNB_SCHEDULER_ADDRESS``) attaches to that scheduler;
     otherwise a cluster already running on this machine (found through the
     runtime file) is used; otherwise, with ``start``, an embedded cluster is
-    started in this process and lives as long as it does.
+    started and lives as long as this process: in this process (notebooks, the
+    REPL, ``python -m``), or in a child process when this is a script run by
+    path, so a script needs no ``if __name__ == "__main__":`` guard
+    (:mod:`xnb.runtime.cluster_process`).
     """
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
@@ -466,6 +470,9 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
         return Client(address, settings=settings)
     if not start:
         raise ClusterUnavailable("no xnb cluster is running; start one with `xnb local`")
+    if main_runs_from_a_file():  # Dask's spawned workers would re-run the script
+        child = ClusterProcess(settings)
+        return Client(child.scheduler_address, cluster=child, settings=settings)
     cluster = start_local_cluster(settings)
     write_runtime_file(settings, cluster.scheduler_address)  # after the cluster wrote its TLS files
     atexit.register(remove_runtime_file, settings)

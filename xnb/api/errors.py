@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from xnb.errors import InvalidRequest, QueueFull, XnbError
+from xnb.errors import InvalidRequest, XnbError
 
 __all__ = ["install_error_handlers", "error_response"]
 
@@ -34,7 +34,7 @@ _HTTP_TYPES = {
 
 
 def error_response(exc: XnbError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
 
 
