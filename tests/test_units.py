@@ -66,6 +66,18 @@ def test_place_spreads_replicas_across_workers():
     assert all(p.gpus == () for p in placements)
 
 
+def test_place_only_on_workers_that_announced_the_engine():
+    from dataclasses import replace
+
+    llama = replace(_w("tcp://a:1", mem=8 * GB), engines=("llama-cpp", "echo"))
+    vllm = replace(_w("tcp://b:1", mem=8 * GB), engines=("vllm",))
+    silent = _w("tcp://c:1", mem=8 * GB)  # announced nothing: may run anything
+    placements = place([llama, vllm, silent], Needs(memory=1 * GB, engine="vllm"), 2)
+    assert sorted(p.worker for p in placements) == ["tcp://b:1", "tcp://c:1"]
+    with pytest.raises(E.PlacementFailed, match="cannot run the vllm engine"):
+        place([llama], Needs(memory=1 * GB, engine="vllm"), 1)
+
+
 def test_place_prefers_the_worker_hosting_fewer_replicas():
     busy = _w("tcp://a:1", mem=8 * GB, placed=(PlacedReplica("m1", 1 * GB), PlacedReplica("m2", 1 * GB)))
     idle = _w("tcp://b:1", mem=8 * GB)

@@ -295,7 +295,7 @@ class Supervisor(SchedulerPlugin):
             },
         )
         record.launch = opts.model_dump(mode="json", exclude_none=True) | {"uid": uid}
-        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
+        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus, engine=spec.engine)
 
     async def _start_replica(self, record: ModelRecord, replica: ReplicaRecord) -> None:
         """Create the actor on its worker and load the model."""
@@ -365,7 +365,7 @@ class Supervisor(SchedulerPlugin):
                 pass
             if record.terminating or self.models.get(record.uid) is not record:
                 return
-            needs = Needs(memory=lost.memory, gpus=len(lost.gpus))
+            needs = Needs(memory=lost.memory, gpus=len(lost.gpus), engine=record.spec.engine)
             try:
                 (placement,) = place(self._workers(exclude=exclude), needs, 1)
             except XnbError as exc:
@@ -451,7 +451,8 @@ class Supervisor(SchedulerPlugin):
             raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
         live = [r for r in record.replicas if r.status.live]
         if replicas > len(live):
-            needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0))
+            needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0),
+                          engine=record.spec.engine)
             placements = place(self._workers(), needs, replicas - len(live),
                                pin_workers=record.options.get("workers"))
             start = max((r.index for r in record.replicas), default=-1) + 1
