@@ -73,6 +73,8 @@ class JupyterServer:
             "JUPYTER_RUNTIME_DIR": str(self.runtime_dir),
             "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(root / "lab-workspaces"),
+            # These dirs before the venv's, whose labextensions/ links the bootstrapped checkout's build.
+            "JUPYTER_PREFER_ENV_PATH": "0",
             "HF_HUB_OFFLINE": "1",
             **(env or {}),
         }

@@ -10,6 +10,7 @@ Needs the built extension (scripts/build-labextension.sh), ``/usr/bin/chromium``
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -200,3 +201,44 @@ def test_impossible_launch_shows_error_in_place_dark_theme(jupyter: JupyterServe
                 http.delete("/xnb/api/models/lab-impossible")  # a record in state error
     finally:
         set_theme(page, "JupyterLab Light")  # the shared server keeps its settings
+
+
+# A cell's CodeMirror lines, each as [[token text, has a highlight class], ...] (plain text as None).
+LINE_TOKENS_JS = """cell => [...cell.querySelectorAll('.cm-line')].map(line => [...line.childNodes].map(n =>
+    n.nodeType === Node.TEXT_NODE ? [n.textContent, null] : [n.textContent, n.className !== '']))"""
+
+
+def test_cell_magic_body_is_plain_text(jupyter: JupyterServer, page: Any) -> None:
+    """``%%xnb chat`` / ``%%xnb complete`` bodies get no Python colours; Python cells keep theirs."""
+    body = 'def for in import "quoted"'
+    notebook = {
+        "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": s}
+                  for s in (f"def f(x):\n    return {body!r}", f"%%xnb chat lab-smol\n{body}", "")],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (jupyter.notebook_dir / "cellmagic.ipynb").write_text(json.dumps(notebook))
+    page.goto(f"{jupyter.url}/lab/tree/cellmagic.ipynb?token={jupyter.token}", timeout=120_000)
+    cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
+    cells.nth(2).wait_for(timeout=120_000)
+    # The third cell typed by hand: the language switches as its first line becomes the magic.
+    cells.nth(2).locator(".cm-content").click()
+    page.keyboard.type(f"%%xnb complete lab-smol\n{body}")
+    page.wait_for_function(
+        "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell')[2].querySelectorAll('.cm-line').length === 2")
+    # Python highlighting is applied asynchronously: wait until the Python cell has its keyword span.
+    page.wait_for_function(f"(() => {{ const c = document.querySelector('.jp-NotebookPanel .jp-CodeCell');"
+                           f" return [...c.querySelectorAll('.cm-line span')].some(s => s.textContent === 'def'); }})()",
+                           timeout=30_000)
+    snap(page, "12-cell-magic-plain-text")
+
+    python = cells.nth(0).evaluate(LINE_TOKENS_JS)
+    highlighted = {text for line in python for text, cls in line if cls}
+    assert {"def", "return", repr(body)} <= highlighted, python
+    for i in (1, 2):
+        magic_line, body_line = cells.nth(i).evaluate(LINE_TOKENS_JS)
+        assert body_line == [[body, None]], (i, body_line)  # one plain text node, no span
+        # The magic line as Python shows it: `%%xnb` uncoloured, the `-` of lab-smol an operator.
+        assert magic_line[0][0].startswith("%%xnb") and not magic_line[0][1], (i, magic_line)
+        assert ["-", True] in magic_line, (i, magic_line)

@@ -1,9 +1,11 @@
 /**
  * xnb for JupyterLab: a left-sidebar panel (models, catalog, cluster, chat),
- * a command-palette entry, a launcher item and a status-bar count of ready models.
+ * a command-palette entry, a launcher item and a status-bar count of ready models;
+ * and plain-text editing of `%%xnb chat` / `%%xnb complete` cell bodies.
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { EditorExtensionRegistry, IEditorExtensionRegistry } from '@jupyterlab/codemirror';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
@@ -14,6 +16,7 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import { ModelRecord, Requester, XnbApi } from './api';
+import { plainTextCellMagic } from './cellmagic';
 import { h } from './dom';
 import { XnbSidebar } from './panel';
 import { SnippetKind, snippetCells } from './snippets';
@@ -105,4 +108,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+/** Every cell editor gets the `%%xnb chat` / `%%xnb complete` plain-text body (see cellmagic.ts). */
+const cellMagicPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'xnb-labextension:cell-magic',
+  description: 'Shows the body of %%xnb chat and %%xnb complete cells as plain text.',
+  autoStart: true,
+  requires: [IEditorExtensionRegistry],
+  activate: (_app: JupyterFrontEnd, registry: IEditorExtensionRegistry) => {
+    registry.addExtension({
+      name: 'xnb:cell-magic-plain-text',
+      factory: ({ model }) => EditorExtensionRegistry.createImmutableExtension(plainTextCellMagic(model.sharedModel.getSource()))
+    });
+  }
+};
+
+export default [plugin, cellMagicPlugin];
