@@ -228,8 +228,8 @@ def test_cell_magic_body_is_plain_text(jupyter: JupyterServer, page: Any) -> Non
     page.wait_for_function(
         "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell')[2].querySelectorAll('.cm-line').length === 2")
     # Python highlighting is applied asynchronously: wait until the Python cell has its keyword span.
-    page.wait_for_function(f"(() => {{ const c = document.querySelector('.jp-NotebookPanel .jp-CodeCell');"
-                           f" return [...c.querySelectorAll('.cm-line span')].some(s => s.textContent === 'def'); }})()",
+    page.wait_for_function("(() => { const c = document.querySelector('.jp-NotebookPanel .jp-CodeCell');"
+                           " return [...c.querySelectorAll('.cm-line span')].some(s => s.textContent === 'def'); })()",
                            timeout=30_000)
     snap(page, "12-cell-magic-plain-text")
 
