@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -28,7 +29,7 @@ from xnb.openai.requests import (
 )
 from xnb.openai.shapes import model_object
 
-__all__ = ["router", "read_json"]
+__all__ = ["router", "read_json", "sse", "stream_response", "StreamFormat", "SSEResponse"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,27 +76,46 @@ class SSEResponse(StreamingResponse):
                 await aclose()
 
 
-def _sse(data: Any) -> bytes:
+def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How a route frames its stream: each event, the end, an error mid-way, and
+    which events carry tokens (for the latency metrics)."""
+
+    encode: Callable[[dict[str, Any]], bytes]
+    done: bytes
+    error: Callable[[XnbError], bytes]
+    is_token: Callable[[dict[str, Any]], bool]
+
+
+OPENAI_STREAM = StreamFormat(
+    encode=sse, done=b"data: [DONE]\n\n", error=lambda exc: sse(exc.openai_body()),
+    is_token=lambda chunk: bool(chunk.get("choices")),
+)
 
 
 async def _event_stream(
     first: dict[str, Any], rest: AsyncIterator[dict[str, Any]], metrics: Metrics, model: str, endpoint: str,
+    fmt: StreamFormat,
 ) -> AsyncIterator[bytes]:
     timer = RequestTimer(metrics, model)
     status = "200"
     try:
         timer.chunk()
-        yield _sse(first)
+        yield fmt.encode(first)
         async for chunk in rest:
-            if chunk.get("choices"):
+            if fmt.is_token(chunk):
                 timer.chunk()
-            yield _sse(chunk)
-        yield b"data: [DONE]\n\n"
+            yield fmt.encode(chunk)
+        if fmt.done:
+            yield fmt.done
     except XnbError as exc:
         status = str(exc.status)
         logger.info("stream of %s failed mid-way: %s", model, exc.message)
-        yield _sse(exc.openai_body())
+        yield fmt.error(exc)
     finally:
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
@@ -103,8 +123,9 @@ async def _event_stream(
         metrics.requests.labels(model, endpoint, status).inc()
 
 
-async def _stream(
+async def stream_response(
     request: Request, stream: AsyncIterator[dict[str, Any]], model: str, endpoint: str,
+    fmt: StreamFormat = OPENAI_STREAM,
 ) -> SSEResponse:
     """Wait for the first chunk (so early errors are real HTTP errors), then stream."""
     metrics = _metrics(request)
@@ -116,7 +137,7 @@ async def _stream(
         metrics.requests.labels(model, endpoint, str(exc.status)).inc()
         raise
     return SSEResponse(
-        _event_stream(first, stream, metrics, model, endpoint),
+        _event_stream(first, stream, metrics, model, endpoint, fmt),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -132,7 +153,7 @@ async def chat_completions(request: Request) -> Any:
     manager, metrics = _manager(request), _metrics(request)
     if body.stream:
         stream = manager.chat_completion_stream(body, on_usage=_usage_hook(metrics, body.model))
-        return await _stream(request, stream, body.model, "chat")
+        return await stream_response(request, stream, body.model, "chat")
     with metrics.request(body.model, "chat"):
         result = await manager.chat_completion(body)
     metrics.usage(body.model, result["usage"])
@@ -145,7 +166,7 @@ async def completions(request: Request) -> Any:
     manager, metrics = _manager(request), _metrics(request)
     if body.stream:
         stream = manager.completion_stream(body, on_usage=_usage_hook(metrics, body.model))
-        return await _stream(request, stream, body.model, "completions")
+        return await stream_response(request, stream, body.model, "completions")
     with metrics.request(body.model, "completions"):
         result = await manager.completion(body)
     metrics.usage(body.model, result["usage"])
