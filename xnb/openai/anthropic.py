@@ -43,8 +43,13 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
+#: Accepted and ignored: they change nothing about the answer here.
+_IGNORED = {"cache_control", "diagnostics", "inference_geo", "speed", "user_profile_id", "workspace_id",
+            "service_tier", "metadata", "container", "context_management", "mcp_servers"}
+
+
 class MessagesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int = Field(ge=1)
@@ -57,12 +62,19 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-    service_tier: str | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "MessagesRequest":
+        extra = self.model_extra or {}
+        unknown = sorted(set(extra) - _IGNORED)
+        if unknown:
+            raise InvalidRequest(f"unrecognized request argument(s): {', '.join(unknown)}", param=unknown[0])
+        for name in ("container", "context_management", "mcp_servers"):
+            if extra.get(name):
+                raise UnsupportedParameter(f"{name} is not supported by xnb", param=name)
         if self.thinking and self.thinking.get("type") != "disabled":
             raise UnsupportedParameter("extended thinking is not supported by xnb's models", param="thinking")
         if not self.messages:
@@ -166,13 +178,23 @@ def _chat_tool_choice(choice: dict[str, Any] | None) -> tuple[Any, bool | None]:
     raise InvalidRequest("tool_choice.type must be auto, any, tool or none", param="tool_choice")
 
 
+def _response_format(req: MessagesRequest) -> dict[str, Any] | None:
+    fmt = (req.output_config or {}).get("format") or req.output_format
+    if not fmt:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise InvalidRequest("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                             param="output_config")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
+
+
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     choice, parallel = _chat_tool_choice(req.tool_choice)
     body: dict[str, Any] = {
         "model": req.model, "messages": _chat_messages(req), "max_completion_tokens": req.max_tokens,
         "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "stop": req.stop_sequences,
         "tools": _chat_tools(req.tools), "tool_choice": choice if req.tools else None,
-        "parallel_tool_calls": parallel, "stream": req.stream,
+        "parallel_tool_calls": parallel, "stream": req.stream, "response_format": _response_format(req),
     }
     if req.stream:
         body["stream_options"] = {"include_usage": True}
