@@ -15,11 +15,9 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import numpy as np
 
 from xnb.runtime.cluster import (
-    ensure_supervisor,
-    ensure_supervisor_async,
     find_running_cluster,
+    open_dask,
     remove_runtime_file,
-    security_for,
     start_local_cluster,
     write_runtime_file,
 )
@@ -161,17 +159,13 @@ class AsyncClient:
 
 async def connect_async(address: str | None = None, *, settings: XnbSettings | None = None) -> AsyncClient:
     """Attach to a running cluster (asyncio).  Starting one needs the sync :func:`connect`."""
-    from distributed import Client as DaskClient
-
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
     if address is None:
         raise ClusterUnavailable(
             "no xnb cluster is running; start one with `xnb local` or xnb.connect()"
         )
-    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                            security=security_for(settings, address))
-    await ensure_supervisor_async(dask)
+    dask = await open_dask(address, settings, asynchronous=True)
     return AsyncClient(dask, settings=settings)
 
 
@@ -234,13 +228,9 @@ class Client:
     """Synchronous API: launch, list, use and terminate models on an xnb cluster."""
 
     def __init__(self, address: str, *, cluster: Any = None, settings: XnbSettings | None = None) -> None:
-        from distributed import Client as DaskClient
-
         self.settings = settings or XnbSettings()
         self.cluster = cluster
-        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False,
-                               security=security_for(self.settings, address))
-        ensure_supervisor(self.dask)
+        self.dask = open_dask(address, self.settings)
         self._async = AsyncClient(self.dask, settings=self.settings)
         self.manager = self._async.manager
 

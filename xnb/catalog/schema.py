@@ -103,10 +103,6 @@ class ModelSpec(_Strict):
         size_to_billions(v)
         return v.lower()
 
-    @property
-    def size_in_billions(self) -> float:
-        return size_to_billions(self.size)
-
 
 class ModelFamily(_Strict):
     name: str

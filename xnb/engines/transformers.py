@@ -21,7 +21,6 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -30,6 +29,7 @@ from xnb.engines.base import (
     BASE_PARAMS,
     EngineOptions,
     GenerateRequest,
+    Prompt,
     SamplingParams,
     Sink,
     StopChecker,
@@ -56,15 +56,6 @@ class TransformersOptions(EngineOptions):
     max_concurrency: int = Field(default=1, ge=1, le=64, description="requests generated at once")
     chat_template: str | None = Field(
         default=None, description="override the catalog's and the tokenizer's chat template")
-
-
-@dataclass
-class _Prompt:
-    """A request's prompt, rendered and tokenized (done in ``submit`` so errors are 400s)."""
-
-    text: str
-    ids: list[int]
-    max_new: int
 
 
 class IncrementalDetokenizer:
@@ -119,6 +110,15 @@ class TransformersEngine(ThreadedEngine):
     Options = TransformersOptions
 
     options: TransformersOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: Any = None  # set by load()
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._counters: dict[str, float] = dict.fromkeys(
+            ("requests", "prompt_tokens", "tokens_generated", "active", "sequences_finished",
+             "sequences_aborted", "decode_seconds"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -189,11 +189,6 @@ class TransformersEngine(ThreadedEngine):
         self._eos = _eos_ids(model, tokenizer)
         self._adds_bos = _adds_bos(tokenizer)
         self.template, template_origin = self._chat_template(tokenizer)
-        self._prepared: dict[int, _Prompt] = {}
-        self._lock = threading.Lock()
-        self._counters = dict.fromkeys(("requests", "prompt_tokens", "tokens_generated", "active",
-                                        "sequences_finished", "sequences_aborted"), 0)
-        self._counters["decode_seconds"] = 0.0
         logger.info("transformers loaded %s (%s) on %s as %s", self.spec.model_name, path.name,
                     self._device, model.dtype)
         return {
@@ -231,16 +226,13 @@ class TransformersEngine(ThreadedEngine):
 
     def unload(self) -> None:
         super().unload()
-        model = getattr(self, "_model", None)
-        self._model = None
+        model, self._model = self._model, None
         self._tokenizer = None
         if model is not None and model.device.type == "cuda":
             del model
             self._torch.cuda.empty_cache()
 
     def stats(self) -> dict[str, Any]:
-        if getattr(self, "_lock", None) is None:
-            return {}
         with self._lock:
             out = dict(self._counters)
         secs = out.pop("decode_seconds")
@@ -260,41 +252,23 @@ class TransformersEngine(ThreadedEngine):
             ids.insert(0, tokenizer.bos_token_id)
         return ids
 
-    def prepare(self, request: GenerateRequest) -> _Prompt:
-        """Render and tokenize; raises :class:`InvalidRequest` for prompts it cannot serve."""
-        text = self.prompt_text(request)
-        ids = self.tokenize_prompt(text, chat=request.kind == "chat")
-        param = "messages" if request.kind == "chat" else "prompt"
-        if not ids:
-            raise InvalidRequest("the prompt is empty", param=param)
-        if len(ids) >= self.max_len:
-            raise InvalidRequest(
-                f"this model's context holds {self.max_len} tokens, but the prompt has "
-                f"{len(ids)}; shorten it",
-                param=param,
-            )
-        room = self.max_len - len(ids)
-        max_new = min(request.params.max_tokens or room, room)
+    def tokenize(self, text: str, request: GenerateRequest) -> list[int]:
+        return self.tokenize_prompt(text, chat=request.kind == "chat")
+
+    def prepare(self, request: GenerateRequest) -> Prompt:
+        """The base checks, then this engine's own: logit_bias token ids must exist."""
+        prompt = super().prepare(request)
         bias = request.params.logit_bias or {}
         vocab = len(self._tokenizer)
         bad = [t for t in bias if not 0 <= int(t) < max(vocab, self._model.config.vocab_size)]
         if bad:
             raise InvalidRequest(f"logit_bias names unknown token ids: {bad[:5]}", param="logit_bias")
-        return _Prompt(text=text, ids=ids, max_new=max_new)
+        return prompt
 
     # -- generation ---------------------------------------------------------------------------
 
-    def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        # Refuse what cannot be served now, as a 400, before anything streams.
-        self.check_params(request)
-        self._prepared[id(sink)] = self.prepare(request)
-        super().submit(request, sink)
-
-    def generate(self, request: GenerateRequest, sink: Sink) -> None:
-        prompt = self._prepared.pop(id(sink), None)
-        if prompt is None:  # called directly, not through submit
-            self.check_params(request)
-            prompt = self.prepare(request)
+    def generate(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        assert prompt.ids is not None
         if request.echo:
             sink.put(0, prompt.text)
         with self._lock:
@@ -312,12 +286,13 @@ class TransformersEngine(ThreadedEngine):
         sink.finish(0, reason, tail)
         sink.close(len(prompt.ids), generated)
 
-    def _decode(self, prompt: _Prompt, params: SamplingParams, sink: Sink) -> tuple[str, int, str]:
+    def _decode(self, prompt: Prompt, params: SamplingParams, sink: Sink) -> tuple[str, int, str]:
         """The token loop: ``(finish reason, tokens generated, text still to send)``."""
         torch, model = self._torch, self._model  # unload() may drop self._model meanwhile
         sampler = _Sampler(torch, params)
         detok = IncrementalDetokenizer(self._tokenizer)
-        stop = StopChecker(list(dict.fromkeys([*params.stop, *self.spec.stop])))
+        assert prompt.ids is not None and prompt.max_new is not None
+        stop = StopChecker(prompt.stops)
         eos = set() if params.ignore_eos else self._eos
         history = torch.tensor([prompt.ids], dtype=torch.long, device=self._device)
         step_input = history

@@ -28,6 +28,7 @@ from xnb.engines.base import (
     BASE_PARAMS,
     Engine,
     EngineOptions,
+    Prompt,
     GenerateRequest,
     Sink,
     StopChecker,
@@ -64,6 +65,12 @@ class VllmEngine(Engine):
     Options = VllmOptions
 
     options: VllmOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine: Any = None  # set by load()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def load(self) -> dict[str, Any]:
         if not self.resources.gpus:
@@ -108,8 +115,7 @@ class VllmEngine(Engine):
     def max_concurrency(self) -> int:
         return self.options.max_num_seqs
 
-    def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        prompt = self.prompt_text(request)
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
         params = self._sampling(request)
         asyncio.run_coroutine_threadsafe(self._generate(prompt, params, request, sink), self._loop)
 
@@ -137,17 +143,17 @@ class VllmEngine(Engine):
             **extra,
         )
 
-    async def _generate(self, prompt: str, params: Any, request: GenerateRequest, sink: Sink) -> None:
+    async def _generate(self, prompt: Prompt, params: Any, request: GenerateRequest, sink: Sink) -> None:
         request_id = uuid.uuid4().hex
-        stops = [StopChecker([*request.params.stop, *self.spec.stop]) for _ in range(request.n)]
+        stops = [StopChecker(prompt.stops) for _ in range(request.n)]
         sent = [0] * request.n
         done = [False] * request.n
         prompt_tokens = completion_tokens = 0
         try:
             if request.echo:
                 for i in range(request.n):
-                    sink.put(i, prompt)
-            async for output in self._engine.generate(prompt, params, request_id):
+                    sink.put(i, prompt.text)
+            async for output in self._engine.generate(prompt.text, params, request_id):
                 if sink.cancelled.is_set():
                     await self._engine.abort(request_id)
                     for i in range(request.n):
@@ -182,13 +188,13 @@ class VllmEngine(Engine):
         sink.cancelled.set()
 
     def unload(self) -> None:
-        engine = getattr(self, "_engine", None)
+        engine = self._engine
         if engine is not None:
             shutdown = getattr(engine, "shutdown", None)
             if callable(shutdown):
                 shutdown()
             self._engine = None
-        loop = getattr(self, "_loop", None)
-        if loop is not None:
+        loop = self._loop
+        if loop is not None and self._thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout=10)

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from xnb.engines.base import GenerateRequest, SamplingParams
-from xnb.engines.logprobs import MAX_TOP_LOGPROBS
+from xnb.protocol import MAX_TOP_LOGPROBS
 from xnb.errors import InvalidRequest, UnsupportedParameter
 from xnb.openai.tools import check_schema, resolve_tool_choice, validate_tools
 
@@ -259,11 +259,8 @@ def _response_schema(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def parse_request(model_cls: type[BaseModel], body: Any) -> Any:
-    """Validate a request body; a 400 naming the field instead of pydantic's error."""
-    try:
-        return model_cls.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{loc}: {msg}" if loc else msg, param=loc or None) from None
+    """Validate a request body; a 400 naming the field instead of pydantic's error
+    (:func:`xnb.protocol.validate`: the same message from every front end)."""
+    from xnb.protocol import validate
+
+    return validate(model_cls, body)
