@@ -21,6 +21,7 @@ from xnb.api import admin, anthropic, openai, responses
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
+from xnb.api.openapi import install_openapi
 from xnb.api.response_store import ResponseStore
 from xnb.runtime.cluster import find_running_cluster, open_dask
 from xnb.errors import ClusterUnavailable, XnbError
@@ -64,6 +65,7 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
     app.state.metrics = Metrics()
     app.state.responses = ResponseStore(settings.home / "responses", settings.responses_max)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(openai.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)

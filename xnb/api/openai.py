@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from xnb.api.metrics import Metrics, RequestTimer
-from xnb.errors import InvalidRequest, XnbError
+from xnb.errors import InvalidRequest, RequestTooLarge, XnbError
 from xnb.manager import ModelManager
 from xnb.openai.requests import (
     ChatCompletionRequest,
@@ -29,18 +29,30 @@ from xnb.openai.requests import (
 )
 from xnb.openai.shapes import model_object
 
-__all__ = ["router", "read_json", "sse", "stream_response", "StreamFormat", "SSEResponse"]
+__all__ = ["router", "read_json", "MAX_BODY_BYTES", "sse", "stream_response", "StreamFormat", "SSEResponse"]
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
+#: Largest request body accepted (413 beyond).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
 async def read_json(request: Request) -> Any:
-    raw = await request.body()
+    """The JSON body: 413 past :data:`MAX_BODY_BYTES`, 400 if it is not JSON."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > MAX_BODY_BYTES:
+            raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
     try:
         return json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         raise InvalidRequest("the request body is not valid JSON") from None
 
 
