@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -51,9 +52,42 @@ async def read_json(request: Request) -> Any:
         if len(raw) > MAX_BODY_BYTES:
             raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
     try:
-        return json.loads(raw or b"null")
+        body = json.loads(raw or b"null")
     except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         raise InvalidRequest("the request body is not valid JSON") from None
+    _check_wire(body, strings=_SURROGATE_ESCAPE.search(raw) is not None)
+    return body
+
+
+#: Integers that cross the cluster's wire (msgpack) must fit 64 bits.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+#: A \\uD800-\\uDFFF escape: JSON can spell a lone surrogate, which no UTF-8 wire carries.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _check_wire(value: Any, where: str = "", *, strings: bool) -> None:
+    """400 for what could not travel to the cluster: an integer beyond 64 bits, or
+    (``strings``) text with a lone surrogate."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidRequest(f"{where or 'body'}: integer {value} is out of the 64-bit range",
+                                 param=where or None)
+    elif isinstance(value, str):
+        if strings:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{where or 'body'}: text holds a lone UTF-16 surrogate (not valid Unicode)",
+                                     param=where or None) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_wire(key, where, strings=strings)
+            _check_wire(item, f"{where}.{key}" if where else str(key), strings=strings)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_wire(item, f"{where}[{i}]", strings=strings)
 
 
 def _manager(request: Request) -> ModelManager:
