@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 Ability = Literal["chat", "generate", "embed", "rerank"]
-Format = Literal["gguf", "pytorch"]
+#: Weight formats; "none": an engine that needs no weights (the echo test engine).
+Format = Literal["gguf", "pytorch", "none"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([mb])$")

@@ -40,6 +40,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, Unicode
 
 from xnb.jupyter.handlers import STATE_KEY, XnbState, default_handlers
+from xnb.protocol import ServerStatus
 
 __all__ = ["KERNEL_ENV_VARS", "XnbExtension"]
 
@@ -137,13 +138,13 @@ class XnbExtension(ExtensionApp):
             if self.start_sidecar:
                 await loop.run_in_executor(None, self._start_sidecar, address, settings)
             self._publish(address, settings)
-            self.state.status = "ready"
+            self.state.status = ServerStatus.READY
             self.log.info("xnb: ready%s", f"; OpenAI API at {self.state.sidecar.url}/v1" if self.state.sidecar else "")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.log.exception("xnb: the extension could not start")
-            self.state.status = "error"
+            self.state.status = ServerStatus.ERROR
             self.state.error = f"{type(exc).__name__}: {exc}"
 
     async def _start_embedded(self, settings: Any) -> str:
@@ -204,7 +205,7 @@ class XnbExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         """Stop the sidecar, close the client and the embedded cluster, remove the runtime file."""
         loop = asyncio.get_running_loop()
-        self.state.status = "stopping"
+        self.state.status = ServerStatus.STOPPING
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._cluster is None and self._cluster_future is not None:
@@ -236,5 +237,5 @@ class XnbExtension(ExtensionApp):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        self.state.status = "stopped"
+        self.state.status = ServerStatus.STOPPED
         self.log.info("xnb: stopped")

@@ -31,6 +31,7 @@ from tornado.httputil import responses
 from tornado.iostream import StreamClosedError
 
 from xnb.errors import ClusterUnavailable, QueueFull, XnbError
+from xnb.protocol import ServerStatus
 
 __all__ = ["STATE_KEY", "XnbState", "default_handlers"]
 
@@ -56,7 +57,7 @@ _FORWARD_HEADERS = ("content-type", "accept", "openai-organization", "openai-pro
 class XnbState:
     """What the handlers see: startup status, the cluster, the sidecar."""
 
-    status: str = "starting"  # starting | ready | error | stopping | stopped
+    status: ServerStatus = ServerStatus.STARTING
     error: str | None = None
     scheduler_address: str | None = None
     embedded: bool = False
@@ -66,9 +67,9 @@ class XnbState:
 
     def require_ready(self) -> None:
         """Raise (503, saying why) unless the extension is ready."""
-        if self.status == "ready":
+        if self.status is ServerStatus.READY:
             return
-        if self.status == "error":
+        if self.status is ServerStatus.ERROR:
             raise ClusterUnavailable(
                 f"the xnb extension could not reach a cluster: {self.error}. Fix the cause "
                 "(see the Jupyter server log) and restart the server"
@@ -91,7 +92,7 @@ class XnbState:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "status": self.status,
+            "status": self.status.value,
             "error": self.error,
             "scheduler_address": self.scheduler_address,
             "embedded": self.embedded,
@@ -198,7 +199,7 @@ class SidecarProxyHandler(XnbHandler):
     async def _proxy(self, path: str) -> None:
         sidecar = self.state.sidecar
         if sidecar is None:
-            if self.state.status == "ready":
+            if self.state.status is ServerStatus.READY:
                 raise ClusterUnavailable(
                     "this Jupyter server runs no xnb API sidecar (c.XnbExtension.start_sidecar = False); "
                     "use the sidecar you run yourself, or enable it"
