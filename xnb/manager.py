@@ -41,6 +41,7 @@ from xnb.openai.requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from xnb.media import MediaOperations
 from xnb.openai.shapes import Choice, ChunkBuilder, collect_choices
 from xnb.protocol import (
     GenerateResult,
@@ -59,14 +60,17 @@ logger = logging.getLogger(__name__)
 
 ACTOR_CONNECT_TIMEOUT_S = 5.0
 ROUTE_TTL_S = 2.0
+#: How errors name an ability ("cannot speak", not "cannot speech").
+_VERBS = {"speech": "speak", "image": "draw images"}
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
 StreamEvent = tuple[str, Any]
 UsageHook = Callable[[dict[str, int]], None]
 
 
-class ModelManager:
-    """Launch, list, describe and terminate models; chat, complete and embed with them."""
+class ModelManager(MediaOperations):
+    """Launch, list, describe and terminate models; chat, complete and embed with them;
+    transcribe, speak, rerank and draw (:class:`~xnb.media.MediaOperations`)."""
 
     def __init__(self, client: Any, *, stream_poll_s: float = 0.5) -> None:
         self.client = client  # a distributed.Client; coroutines run on its loop
@@ -212,8 +216,8 @@ class ModelManager:
             ready = _serving(routes)
         if ability is not None and ability not in routes["abilities"]:
             raise UnsupportedParameter(
-                f"model {uid!r} ({routes['model_name']}) cannot {ability}; it can "
-                f"{', '.join(routes['abilities'])}",
+                f"model {uid!r} ({routes['model_name']}) cannot {_VERBS.get(ability, ability)}; it can "
+                f"{', '.join(_VERBS.get(a, a) for a in routes['abilities'])}",
                 param="model",
             )
         if not ready:
@@ -266,13 +270,23 @@ class ModelManager:
         """Stream a generation: yields ``("deltas", [Delta])`` batches,
         then ``("usage", usage)``.  Closing the iterator early aborts the generation."""
         ability = "chat" if request.kind == "chat" else "generate"
+        events = self._pulled(uid, ability, "start", request.model_dump(exclude_defaults=True))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # at once: an abandoned generation is aborted on the model
+
+    async def _pulled(self, uid: str, ability: str | None, start: str, *args: Any) -> AsyncIterator[StreamEvent]:
+        """Start a stream on a replica with actor method ``start`` and pull it to the end
+        (the one pull loop of chat, completions, transcription and speech)."""
         sid = None
         key, actor = "", None
         for attempt in range(2):
             key, actor, _ = await self._pick(uid, ability)
             self._outstanding[key] += 1  # count it now, so concurrent picks spread
             try:
-                sid = await actor.call("start", request.model_dump(exclude_defaults=True))
+                sid = await actor.call(start, *args)
                 break
             except (ReplicaLost, ModelNotFound):
                 self._outstanding[key] -= 1

@@ -66,6 +66,9 @@ class XnbSettings(BaseSettings):
     max_queue: int = Field(
         default=64, ge=0, description="requests a replica queues beyond those it serves (then 429)"
     )
+    max_upload_mb: float = Field(
+        default=25.0, gt=0, description="largest audio upload /v1/audio/transcriptions accepts (MB; then 400)"
+    )
     stream_poll_s: float = Field(
         default=0.5, gt=0, description="longest a stream pull waits on the model actor"
     )

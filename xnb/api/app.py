@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from xnb import __version__
-from xnb.api import admin, anthropic, openai, responses
+from xnb.api import admin, anthropic, audio, images, openai, rerank, responses
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
@@ -69,6 +69,9 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
     app.include_router(openai.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)
+    app.include_router(audio.router)
+    app.include_router(images.router)
+    app.include_router(rerank.router)
     app.include_router(admin.router)
 
     @app.get("/health", tags=["meta"])

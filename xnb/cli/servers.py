@@ -15,7 +15,8 @@ __all__: list[str] = []
 logger = logging.getLogger(__name__)
 
 _TLS_FLAGS = ("tls_ca_file", "tls_cert", "tls_key")
-_API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue")
+_API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue",
+              "max_upload_mb")
 
 
 @cli.command()
