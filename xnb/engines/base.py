@@ -39,8 +39,6 @@ __all__ = [
     "ThreadedEngine",
     "Utf8Decoder",
     "FinishReason",
-    "Delta",
-    "TokenLogprob",
     "Prompt",
 ]
 
@@ -84,10 +82,8 @@ class SamplingParams(BaseModel):
         default=None, description="JSON schema constraining output ({} = any JSON object)"
     )
     ignore_eos: bool = False
-    logprobs: bool = Field(default=False, description="report each generated token's log-probability")
-    top_logprobs: int | None = Field(
-        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: how many most likely alternatives per position"
-    )
+    logprobs: bool = False  # report each generated token's log-probability (protocol.TokenLogprob)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per position
 
     def set_fields(self) -> set[str]:
         """Names of parameters the caller actually set (to check engine support)."""
@@ -145,11 +141,9 @@ class ReplicaResources:
 class Sink:
     """Where an engine puts one request's output; thread-safe.
 
-    The engine calls :meth:`put` with text deltas per choice ``index`` (with
-    ``params.logprobs``, also the :class:`~xnb.protocol.TokenLogprob`
-    of every generated token whose text the delta carries),
-    :meth:`finish` once per choice, then :meth:`close` with usage; or
-    :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
+    The engine calls :meth:`put` with text deltas per choice ``index`` (with ``params.logprobs``,
+    their tokens' :class:`~xnb.protocol.TokenLogprob`), :meth:`finish` once per choice, then
+    :meth:`close` with usage; or :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
     ``cancelled`` is set when the client aborts: engines check it between
     tokens and stop with finish reason ``"abort"``.
     """
