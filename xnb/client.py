@@ -24,6 +24,7 @@ from xnb.runtime.cluster import (
     write_runtime_file,
 )
 from xnb.errors import ClusterUnavailable
+from xnb.runtime.cluster_process import ClusterProcess, main_runs_from_a_file
 from xnb.manager import ModelManager
 from xnb.openai.requests import (
     ChatCompletionRequest,
@@ -155,7 +156,8 @@ class AsyncModel:
         """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
         body = parse_request(RerankRequest, {"model": self.uid, "query": query, "documents": documents,
                                              "top_n": top_n, **params})
-        return (await self.manager.rerank_response(body))["results"]
+        results: Rows = (await self.manager.rerank_response(body))["results"]
+        return results
 
     async def image(self, prompt: str, *, n: int = 1, size: str | None = None, **params: Any) -> Any:
         """Text to image: a PIL image (a list of them when ``n > 1``); Jupyter shows it inline.
@@ -319,7 +321,7 @@ class Model:
         if response_format != "pcm" and (display or (display is None and in_notebook())):
             from IPython.display import Audio
 
-            return Audio(data=audio)
+            return Audio(data=audio)  # type: ignore[no-untyped-call]
         return audio
 
     def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None, **params: Any) -> Rows:
@@ -457,7 +459,10 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
     ``address`` (or ``XNB_SCHEDULER_ADDRESS``) attaches to that scheduler;
     otherwise a cluster already running on this machine (found through the
     runtime file) is used; otherwise, with ``start``, an embedded cluster is
-    started in this process and lives as long as it does.
+    started and lives as long as this process: in this process (notebooks, the
+    REPL, ``python -m``), or in a child process when this is a script run by
+    path, so a script needs no ``if __name__ == "__main__":`` guard
+    (:mod:`xnb.runtime.cluster_process`).
     """
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
@@ -465,6 +470,9 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
         return Client(address, settings=settings)
     if not start:
         raise ClusterUnavailable("no xnb cluster is running; start one with `xnb local`")
+    if main_runs_from_a_file():  # Dask's spawned workers would re-run the script
+        child = ClusterProcess(settings)
+        return Client(child.scheduler_address, cluster=child, settings=settings)
     cluster = start_local_cluster(settings)
     write_runtime_file(settings, cluster.scheduler_address)  # after the cluster wrote its TLS files
     atexit.register(remove_runtime_file, settings)

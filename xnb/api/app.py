@@ -46,14 +46,15 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
                 "or start a cluster with `xnb local`"
             )
         dask = await open_dask(address, settings, asynchronous=True)
-        app.state.dask = dask
-        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s)
+        # If the scheduler restarts and Dask's client gives up, the manager opens a new one.
+        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s,
+                                         reconnect=lambda: open_dask(address, settings, asynchronous=True))
         logger.info("xnb sidecar serving scheduler %s", address)
         try:
             yield
         finally:
             await app.state.manager.close()
-            await dask.close()
+            await app.state.manager.client.close()
 
     app = FastAPI(
         title="xnb",
@@ -82,7 +83,7 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
         except (XnbError, asyncio.TimeoutError) as exc:
             reason = exc.message if isinstance(exc, XnbError) else "the scheduler did not answer in 5 s"
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ok", "scheduler": manager.client.scheduler.address, **info})
+        return JSONResponse({"status": "ok", "scheduler": manager.address, **info})
 
     @app.get("/metrics", tags=["meta"])
     async def metrics(request: Request) -> Response:
