@@ -52,7 +52,7 @@ def test_catalog_field_is_checked() -> None:
         ModelFamily.model_validate({"name": "x", "abilities": ["embed"], "dimensions": 64,
                                     "matryoshka_min_dimensions": 128,
                                     "specs": [{"format": "pytorch", "size": "1m", "sources": [
-                                        {"kind": "path", "path": "/nowhere"}]}]})
+                                        {"kind": "local", "path": "/nowhere"}]}]})
 
 
 def test_dimensions_truncate_and_renormalise(oai: openai.OpenAI, embedders: tuple[str, str]) -> None:
