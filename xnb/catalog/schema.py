@@ -20,6 +20,7 @@ __all__ = [
     "HubSource",
     "PackageSource",
     "LocalSource",
+    "ConvertedSource",
     "Source",
     "ModelSpec",
     "ModelFamily",
@@ -90,7 +91,20 @@ class LocalSource(_Strict):
     path: str
 
 
-Source = Annotated[Union[HubSource, PackageSource, LocalSource], Field(discriminator="kind")]
+class ConvertedSource(_Strict):
+    """A GGUF file inside an installed Python package, converted once to a safetensors
+    folder in xnb's cache (:mod:`xnb.catalog.convert`); serves the ``pytorch`` format."""
+
+    kind: Literal["converted"] = "converted"
+    package: str = Field(description="pip distribution name, used in install hints")
+    module: str = Field(description="top-level import name whose folder holds the GGUF file")
+    path: str = Field(description="the .gguf file inside that folder; may contain {quantization}")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+Source = Annotated[
+    Union[HubSource, PackageSource, LocalSource, ConvertedSource], Field(discriminator="kind")
+]
 
 
 class ModelSpec(_Strict):
@@ -169,7 +183,8 @@ class ModelFamily(_Strict):
             "abilities": list(self.abilities),
             "context_length": self.context_length,
             "formats": sorted({s.format for s in self.specs}),
-            "sizes": [s.size for s in self.specs],
+            "sizes": list(dict.fromkeys(s.size for s in self.specs)),  # one per size, in catalog order
+            "sources": sorted({src.kind for s in self.specs for src in s.sources}),
             "quantizations": sorted({q for s in self.specs for q in s.quantizations}),
             "builtin": self.builtin,
         }
