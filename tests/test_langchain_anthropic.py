@@ -72,11 +72,12 @@ class TestXnbChatAnthropic(ChatModelIntegrationTests):
     def supported_usage_metadata_details(self) -> dict[str, list[str]]:
         return {"invoke": [], "stream": []}
 
-    # Not yet diagnosed (see the api helper's report): with_structured_output's forced tool
-    # (tool_choice {"type": "tool"}) comes back without a parsed tool call through ChatAnthropic,
-    # while bind_tools + tool_choice (test_tool_choice, test_tool_calling) pass.
-    _STRUCTURED = pytest.mark.xfail(reason="ChatAnthropic.with_structured_output gets no parsed tool call "
-                                           "from xnb's /v1/messages yet (undiagnosed)", strict=False)
+    # Model-limited: for "Tell me a joke about cats" the forced Joke call's punchline loops
+    # ("The cat was a cat, and it was a cat, ...") until max_tokens=200, so the call never
+    # closes and there is nothing to parse (stop_reason max_tokens).  Tool calling and
+    # tool_choice cases pass; ChatOpenAI's run of the same cases goes through json_schema.
+    _STRUCTURED = pytest.mark.xfail(reason="model-limited: SmolLM2-135M repeats inside the forced call's "
+                                           "string until max_tokens, so the call never completes", strict=False)
 
     @_STRUCTURED
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
