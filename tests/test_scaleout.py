@@ -210,7 +210,10 @@ def test_idle_unload_and_reload(multi: dict[str, Any]) -> None:
     first = model.chat("hello", max_tokens=4, temperature=0)
     wait_until(lambda: any(e["kind"] == "unloaded" for e in model.events()), 30, "the idle unload")
     (info,) = model.info()
-    assert info["status"] == "idle" and info["engine"] == {} and info["counters"]["idle_unloads"] == 1
+    assert info["status"] == "unloaded" and info["engine"] == {} and info["counters"]["idle_unloads"] == 1
+    # The registry says so too: `xnb list`, the API and the panel show it unloaded.
+    (listed,) = [r for r in client.list() if r["uid"] == "sleepy"]
+    assert listed["status"] == "unloaded" and listed["replicas"][0]["status"] == "unloaded"
     again = model.chat("hello", max_tokens=4, temperature=0)  # reloads on demand
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
     (info,) = model.info()

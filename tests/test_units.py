@@ -39,7 +39,7 @@ from xnb.runtime.placement import (
     estimate_memory,
     place,
 )
-from xnb.runtime.registry import model_status
+from xnb.protocol import ModelStatus
 
 GB = 1024 * MB
 
@@ -202,15 +202,20 @@ def test_estimate_memory_grows_with_weights_and_context():
         (["lost", "error"], "lost"),
         (["error"], "error"),
         (["error", "error"], "error"),
+        (["unloaded"], "unloaded"),
+        (["unloaded", "unloaded"], "unloaded"),
+        (["unloaded", "ready"], "ready"),
+        (["unloaded", "lost"], "degraded"),
+        (["unloaded", "loading"], "unloaded"),
     ],
 )
 def test_model_status(statuses, expected):
-    assert model_status(statuses) == expected
+    assert ModelStatus.of_replicas(statuses) == expected
 
 
 @pytest.mark.parametrize("statuses", [[], ["ready"], ["lost"], ["error"], ["loading", "ready"]])
 def test_model_status_terminating_wins(statuses):
-    assert model_status(statuses, terminating=True) == "terminating"
+    assert ModelStatus.of_replicas(statuses, terminating=True) == "terminating"
 
 
 # -- StopChecker and Utf8Decoder ---------------------------------------------------------------

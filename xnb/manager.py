@@ -42,14 +42,22 @@ from xnb.openai.requests import (
     EmbeddingRequest,
 )
 from xnb.openai.shapes import ChunkBuilder, collect_choices
+from xnb.protocol import (
+    GenerateResult,
+    LaunchOptions,
+    ModelInfo,
+    ModelStatus,
+    PullResult,
+    ReplicaStatus,
+    unwrap,
+    validate,
+)
 
 __all__ = ["ModelManager", "StreamEvent"]
 
 logger = logging.getLogger(__name__)
 
-READY = ("ready", "degraded")
 ACTOR_CONNECT_TIMEOUT_S = 5.0
-LAUNCH_PHASES = ("restarting", "launching", "downloading", "loading")
 ROUTE_TTL_S = 2.0
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
@@ -91,25 +99,30 @@ class ModelManager:
                 f"cannot reach the Dask scheduler at {self.client.scheduler.address}: {exc}; "
                 "is the cluster running? (`xnb local` starts one)"
             ) from None
-        if not isinstance(reply, dict) or "ok" not in reply:
+        try:
+            result = unwrap(reply)
+        except TypeError:
             raise ClusterUnavailable(
                 "the scheduler does not run xnb's supervisor; start it with `xnb scheduler`"
-            )
-        if not reply["ok"]:
-            raise error_from_dict(reply["error"])
-        return _lists(reply["result"])
+            ) from None
+        return _lists(result)
 
-    async def launch(self, model: str, **options: Any) -> dict[str, Any]:
-        options = {k: v for k, v in options.items() if v is not None}
-        return await self.call("xnb_launch", model=model, **options)
+    async def launch(self, model: str | LaunchOptions, **options: Any) -> ModelInfo:
+        """Launch a model: a :class:`LaunchOptions`, or its fields as keywords (``None``
+        means "not set"); invalid options raise the same 400 as ``POST /api/models``."""
+        if isinstance(model, LaunchOptions):
+            opts = model
+        else:
+            opts = validate(LaunchOptions, {"model": model, **{k: v for k, v in options.items() if v is not None}})
+        return await self.call("xnb_launch", **opts.model_dump(exclude_none=True))
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> list[ModelInfo]:
         return await self.call("xnb_list")
 
-    async def describe(self, uid: str) -> dict[str, Any]:
+    async def describe(self, uid: str) -> ModelInfo:
         return await self.call("xnb_describe", uid=uid)
 
-    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> dict[str, Any]:
+    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> ModelInfo:
         return await self.call("xnb_watch", uid=uid, version=version, timeout=timeout)
 
     async def wait_ready(
@@ -117,8 +130,8 @@ class ModelManager:
         uid: str,
         *,
         timeout: float | None = None,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
+        on_update: Callable[[ModelInfo], None] | None = None,
+    ) -> ModelInfo:
         """Wait until every replica has launched and the model is ready (or degraded);
         ``on_update`` sees every change (progress)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -129,11 +142,10 @@ class ModelManager:
             version = record["version"]
             if on_update is not None:
                 on_update(record)
-            status = record["status"]
-            launching = any(r["status"] in LAUNCH_PHASES for r in record["replicas"])
-            if status in READY and not launching:  # every replica has finished launching
+            status = ModelStatus(record["status"])
+            if ModelStatus.settled(record):  # serving, and every replica has finished launching
                 return record
-            if status in ("error", "lost"):
+            if status.failed:
                 raise LaunchFailed(
                     f"model {uid!r} failed to launch: {record.get('last_error') or status}. "
                     "`xnb events UID` shows what happened"
@@ -145,7 +157,7 @@ class ModelManager:
         self._routes.pop(uid, None)
         return await self.call("xnb_terminate", uid=uid)
 
-    async def scale(self, uid: str, replicas: int) -> dict[str, Any]:
+    async def scale(self, uid: str, replicas: int) -> ModelInfo:
         self._routes.pop(uid, None)
         return await self.call("xnb_scale", uid=uid, replicas=replicas)
 
@@ -194,10 +206,10 @@ class ModelManager:
 
     async def _pick(self, uid: str, ability: str | None = None) -> tuple[str, ActorRef, dict[str, Any]]:
         routes = await self._route(uid)
-        ready = [r for r in routes["replicas"] if r["status"] == "ready" and r["key"]]
+        ready = _serving(routes)
         if not ready:
             routes = await self._route(uid, refresh=True)
-            ready = [r for r in routes["replicas"] if r["status"] == "ready" and r["key"]]
+            ready = _serving(routes)
         if ability is not None and ability not in routes["abilities"]:
             raise UnsupportedParameter(
                 f"model {uid!r} ({routes['model_name']}) cannot {ability}; it can "
@@ -208,7 +220,8 @@ class ModelManager:
             raise ModelNotReady(
                 f"model {uid!r} is {routes['status']}, not ready; wait for it or check `xnb list`"
             )
-        best = min(ready, key=lambda r: self._outstanding[r["key"]])
+        # Loaded replicas first (an unloaded one reloads for the request), then the least busy.
+        best = min(ready, key=lambda r: (r["status"] != ReplicaStatus.READY, self._outstanding[r["key"]]))
         return best["key"], ActorRef(await self._rpc(), best["worker"], best["key"]), routes
 
     async def _with_replica(self, uid: str, ability: str, method: str, *args: Any) -> Any:
@@ -230,7 +243,7 @@ class ModelManager:
         routes = await self._route(uid, refresh=True)
         out = []
         for r in routes["replicas"]:
-            if r["status"] != "ready" or not r["key"]:
+            if not ReplicaStatus(r["status"]).serving or not r["key"]:
                 continue
             try:
                 out.append(await ActorRef(await self._rpc(), r["worker"], r["key"]).call("info"))
@@ -243,12 +256,10 @@ class ModelManager:
     async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
         """A whole generation: ``(choices, usage)`` with ``choices = [(text, finish_reason)]``."""
         ability = "chat" if request.kind == "chat" else "generate"
-        items, usage, error = await self._with_replica(
+        result = GenerateResult.of(await self._with_replica(
             uid, ability, "generate", request.model_dump(exclude_defaults=True)
-        )
-        if error is not None:
-            raise error_from_dict(error)
-        return collect_choices(items, request.n), usage
+        ))
+        return collect_choices(result.deltas, request.n), result.usage or {}
 
     async def stream(self, uid: str, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         """Stream a generation: yields ``("deltas", [(index, text, finish)])`` batches,
@@ -274,12 +285,13 @@ class ModelManager:
         done = False
         try:
             while not done:
-                items, done, usage, error = await actor.call("pull", sid, self.stream_poll_s)
-                if items:
-                    yield ("deltas", items)
-                if error is not None:
-                    raise error_from_dict(error)
-            yield ("usage", usage)
+                pulled = PullResult(*await actor.call("pull", sid, self.stream_poll_s))
+                done = pulled.done
+                if pulled.deltas:
+                    yield ("deltas", pulled.deltas)
+                if pulled.error is not None:
+                    raise error_from_dict(pulled.error)
+            yield ("usage", pulled.usage)
         except ReplicaLost:
             self._routes.pop(uid, None)
             done = True  # nothing left to abort
@@ -372,6 +384,11 @@ class ModelManager:
         return shapes.embedding_list(
             model=body.model, vectors=vectors, prompt_tokens=tokens, encoding_format=body.encoding_format
         )
+
+
+def _serving(routes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Replicas that take requests now (an unloaded one reloads for it)."""
+    return [r for r in routes["replicas"] if ReplicaStatus(r["status"]).serving and r["key"]]
 
 
 def _tool_mode(request: GenerateRequest) -> bool:

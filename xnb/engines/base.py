@@ -356,6 +356,10 @@ class Engine(ABC):
         the engine's default."""
         raise UnsupportedParameter(f"engine {self.name!r} does not embed text", param="model")
 
+    def abort(self, sink: Sink) -> None:
+        """Stop working on the request writing to ``sink`` (its client went away).
+        ``sink.cancelled`` is already set; engines that can free a slot sooner override this."""
+
     def stats(self) -> dict[str, Any]:
         """Engine counters for metrics and tests (requests, tokens, KV use, ...)."""
         return {}

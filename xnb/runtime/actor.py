@@ -33,6 +33,7 @@ from xnb.catalog import validation_message
 from xnb.catalog.schema import LaunchSpec
 from xnb.engines import engine_installed, get_engine
 from xnb.engines.base import Engine, GenerateRequest, ReplicaResources, Sink
+from xnb.protocol import GenerateResult, PullResult, ReplicaStatus
 from xnb.errors import (
     EngineError,
     InvalidRequest,
@@ -116,7 +117,7 @@ class ModelActor:
         self._engine_lock = asyncio.Lock()
         self._last_used = time.monotonic()
         self.cache_dir = Path(cache_dir) if cache_dir else Path("~/.xnb/cache").expanduser()
-        self.status = "created"
+        self.status = ReplicaStatus.LAUNCHING
         self.engine: Engine | None = None
         self.load_info: dict[str, Any] = {}
         self._streams: dict[str, _Stream] = {}
@@ -149,14 +150,14 @@ class ModelActor:
                 f"engine {self.spec.engine!r} is not installed on worker {self._worker.address} "
                 f"(missing: {missing}); install it there, e.g. pip install 'xnb[{self.spec.engine}]'"
             )
-        self.status = "downloading"
-        self._report("downloading")
+        self.status = ReplicaStatus.DOWNLOADING
+        self._report(ReplicaStatus.DOWNLOADING.value)
         self._files = await self._loop.run_in_executor(
             self._pool,
             lambda: resolve_files(self.spec, cache_dir=self.cache_dir, progress=lambda p: self._report(**p)),
         )
-        self.status = "loading"
-        self._report("loading", path=str(self._files.path), size_bytes=self._files.size_bytes)
+        self.status = ReplicaStatus.LOADING
+        self._report(ReplicaStatus.LOADING.value, path=str(self._files.path), size_bytes=self._files.size_bytes)
         await self._load_engine()
         self._reaper = asyncio.create_task(self._reap_idle())
         return self.load_info
@@ -176,7 +177,7 @@ class ModelActor:
                 f"{self.spec.engine} could not load {self.spec.model_name}: {type(exc).__name__}: {exc}"
             ) from None
         self.engine = engine
-        self.status = "ready"
+        self.status = ReplicaStatus.READY
         self._last_used = time.monotonic()
         self.load_info = {
             **info,
@@ -187,7 +188,7 @@ class ModelActor:
         }
 
     async def unload(self) -> None:
-        self.status = "terminating"
+        self.status = ReplicaStatus.TERMINATING
         for stream in self._streams.values():  # in-flight requests end with an error, not silently
             stream.sink.fail(ModelNotReady(f"model {self.uid!r} was terminated during the request"))
             stream.sink.cancelled.set()
@@ -197,14 +198,14 @@ class ModelActor:
         if engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, engine.unload)
         self._pool.shutdown(wait=False)
-        self.status = "unloaded"
+        self.status = ReplicaStatus.STOPPED
 
     async def info(self) -> dict[str, Any]:
         """Status and counters (engine counters included) for listings and metrics."""
         return {
             "uid": self.uid,
             "replica": self.replica,
-            "status": self.status,
+            "status": self.status.value,
             "inflight": self._inflight(),
             "streams": len(self._streams),
             "capacity": self._capacity() if self.engine else 0,
@@ -224,9 +225,9 @@ class ModelActor:
         return self.engine.max_concurrency + self.max_queue
 
     def _ready_engine(self) -> Engine:
-        if self.engine is None or self.status != "ready":
+        if self.engine is None or self.status is not ReplicaStatus.READY:
             raise ModelNotReady(
-                f"model {self.uid!r} (replica {self.replica}) is {self.status}, not ready; "
+                f"model {self.uid!r} (replica {self.replica}) is {self.status.value}, not ready; "
                 "wait for it (xnb list shows progress) and retry"
             )
         if self._inflight() >= self._capacity():
@@ -255,8 +256,9 @@ class ModelActor:
         self.counters["requests"] += 1
         return sid
 
-    async def pull(self, sid: str, max_wait: float = 0.5) -> tuple[Any, ...]:
-        """Deltas since the last pull: ``(deltas, done, usage, error)``.
+    async def pull(self, sid: str, max_wait: float = 0.5) -> PullResult:
+        """Deltas since the last pull: a :class:`~xnb.protocol.PullResult`
+        ``(deltas, done, usage, error)``.
 
         Waits up to ``max_wait`` seconds for the first delta, then returns
         everything available (batching when the client is slower than the engine).
@@ -276,12 +278,12 @@ class ModelActor:
         stream.pulled = True
         items = sink.take()
         if not sink.done:
-            return (items, False, None, None)
+            return PullResult(items, False, None, None)
         items += sink.take()
         del self._streams[sid]
         if sink.error is not None:
             self.counters["failed"] += 1
-        return (items, True, sink.usage, sink.error)
+        return PullResult(items, True, sink.usage, sink.error)
 
     async def abort(self, sid: str) -> bool:
         """Cancel a stream (client went away); frees its engine slot."""
@@ -290,19 +292,20 @@ class ModelActor:
             return False
         self.counters["aborted"] += 1
         stream.sink.cancelled.set()
-        if self.engine is not None and hasattr(self.engine, "abort"):
+        if self.engine is not None:
             self.engine.abort(stream.sink)
         return True
 
-    async def generate(self, request: dict[str, Any]) -> tuple[Any, ...]:
-        """A whole non-streaming generation in one call: ``(deltas, usage, error)``."""
+    async def generate(self, request: dict[str, Any]) -> GenerateResult:
+        """A whole non-streaming generation in one call: a :class:`~xnb.protocol.GenerateResult`
+        ``(deltas, usage, error)``."""
         sid = await self.start(request)
         items: list[Any] = []
         while True:
-            chunk, done, usage, error = await self.pull(sid, max_wait=5.0)
-            items.extend(chunk)
-            if done:
-                return (items, usage, error)
+            pulled = await self.pull(sid, max_wait=5.0)
+            items.extend(pulled.deltas)
+            if pulled.done:
+                return GenerateResult(items, pulled.usage, pulled.error)
 
     async def _reap_idle(self) -> None:
         """Abort streams nobody pulls; unload the engine after ``keep_alive`` idle seconds."""
@@ -317,25 +320,25 @@ class ModelActor:
                     logger.info("aborting stream %s of %s: nobody pulled it", sid, self.uid)
                     await self.abort(sid)
             idle = time.monotonic() - self._last_used
-            if (self.keep_alive is not None and self.engine is not None and self.status == "ready"
+            if (self.keep_alive is not None and self.engine is not None and self.status is ReplicaStatus.READY
                     and self._inflight() == 0 and not self._streams and idle > self.keep_alive):
                 async with self._engine_lock:
                     engine, self.engine = self.engine, None
-                    self.status = "idle"
+                    self.status = ReplicaStatus.UNLOADED
                     await self._loop.run_in_executor(self._pool, engine.unload)
                     self.counters["idle_unloads"] += 1
                 self._report("unloaded", idle_seconds=round(idle, 1))
 
     async def _engine_for_request(self) -> Engine:
         """The loaded engine (reloading it after an idle unload), or 503/429."""
-        if self.status == "idle":
+        if self.status is ReplicaStatus.UNLOADED:
             async with self._engine_lock:
-                if self.status == "idle":
-                    self.status = "loading"
+                if self.status is ReplicaStatus.UNLOADED:
+                    self.status = ReplicaStatus.LOADING
                     try:
                         await self._load_engine()
                     except XnbError:
-                        self.status = "idle"
+                        self.status = ReplicaStatus.UNLOADED
                         raise
                     self.counters["reloads"] += 1
                     self._report("reloaded", load_seconds=self.load_info["load_seconds"])

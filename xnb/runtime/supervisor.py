@@ -14,9 +14,10 @@ held by the scheduler process, not by whoever asked), places them with
 (``remove_worker``): replicas there become ``lost`` and, if the model asks
 for it, are relaunched elsewhere with backoff.
 
-Handlers answer ``{"ok": True, "result": ...}`` or ``{"ok": False, "error":
-XnbError.to_dict()}``; :class:`xnb.manager.ModelManager` turns the latter back
-into the same exception class.
+Handlers answer :func:`xnb.protocol.ok` or :func:`xnb.protocol.failed`;
+:class:`xnb.manager.ModelManager` unwraps them (:func:`xnb.protocol.unwrap`),
+raising the same exception class.  Launch options are
+:class:`xnb.protocol.LaunchOptions`; statuses are :mod:`xnb.protocol` enums.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from xnb.errors import (
     ModelNotFound,
     XnbError,
 )
+from xnb.protocol import LaunchOptions, ModelInfo, ModelStatus, ReplicaStatus, failed, ok, validate
 from xnb.runtime.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
 from xnb.runtime.registry import ModelRecord, ReplicaRecord
 from xnb.settings import XnbSettings
@@ -64,12 +66,12 @@ def _handler(fn: Callable[..., Any]) -> Callable[..., Awaitable[dict[str, Any]]]
             result = fn(*args, **kwargs)
             if asyncio.iscoroutine(result):
                 result = await result
-            return {"ok": True, "result": result}
+            return ok(result)
         except XnbError as exc:
-            return {"ok": False, "error": exc.to_dict()}
+            return failed(exc)
         except Exception as exc:  # a supervisor bug: log it, answer a 500 without internals
             logger.exception("xnb supervisor handler %s failed", fn.__name__)
-            return {"ok": False, "error": XnbError(f"internal supervisor error ({type(exc).__name__})").to_dict()}
+            return failed(XnbError(f"internal supervisor error ({type(exc).__name__})"))
 
     return wrapper
 
@@ -98,7 +100,7 @@ class Supervisor(SchedulerPlugin):
         self._worker_joined = asyncio.Event()
         handlers = {
             "xnb_ping": self.ping,
-            "xnb_launch": self.launch,
+            "xnb_launch": self.launch_handler,
             "xnb_list": self.list,
             "xnb_describe": self.describe,
             "xnb_watch": self.watch,
@@ -130,15 +132,15 @@ class Supervisor(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         for record in list(self.models.values()):
             for replica in record.replicas:
-                if replica.worker != worker or replica.status in ("lost", "error", "stopped"):
+                if replica.worker != worker or not replica.status.live:
                     continue
-                replica.status = "lost"
+                replica.status = ReplicaStatus.LOST
                 replica.error = f"worker {worker} left the cluster"
                 self._release(replica)
                 self._emit(record, "lost", f"replica {replica.index} lost: worker {worker} left",
                            replica=replica.index)
                 if record.options.get("restart") == "on-failure" and not record.terminating:
-                    replica.status = "restarting"
+                    replica.status = ReplicaStatus.RESTARTING
                     self._spawn(self._restart(record, replica))
 
     def log_event(self, topic: str, msg: Any) -> None:
@@ -150,16 +152,18 @@ class Supervisor(SchedulerPlugin):
         index = msg.get("replica")
         replica = next((r for r in record.replicas if r.index == index), None)
         phase = msg.get("phase")
-        if replica is not None and phase in ("unloaded", "reloaded") and replica.status == "ready":
+        if replica is not None and phase in ("unloaded", "reloaded") and replica.status.serving:
+            replica.status = ReplicaStatus.UNLOADED if phase == "unloaded" else ReplicaStatus.READY
             replica.load_info = {**replica.load_info, "loaded": phase == "reloaded"}
             what = "unloaded after being idle" if phase == "unloaded" else "reloaded for a request"
             self._emit(record, phase, f"replica {index} {what}", replica=index)
             return
-        if replica is None or replica.status not in ("launching", "downloading", "loading"):
+        if replica is None or replica.status not in (ReplicaStatus.LAUNCHING, ReplicaStatus.DOWNLOADING,
+                                                     ReplicaStatus.LOADING):
             return
         replica.progress = {k: v for k, v in msg.items() if k not in ("uid", "replica")}
-        if phase in ("downloading", "loading") and replica.status != phase:
-            replica.status = phase
+        if phase in (ReplicaStatus.DOWNLOADING, ReplicaStatus.LOADING) and replica.status != phase:
+            replica.status = ReplicaStatus(phase)
             self._emit(record, phase, f"replica {index} {phase}", replica=index)
         else:
             record.version += 1
@@ -218,7 +222,7 @@ class Supervisor(SchedulerPlugin):
         placed: dict[str, list[PlacedReplica]] = {}
         for record in self.models.values():
             for r in record.replicas:
-                if r.status not in ("lost", "error", "stopped"):
+                if r.status.live:
                     placed.setdefault(r.worker, []).append(PlacedReplica(record.uid, r.memory, r.gpus))
         views = []
         for addr, ws in self.scheduler.workers.items():
@@ -244,27 +248,17 @@ class Supervisor(SchedulerPlugin):
 
         return {"version": __version__, "models": len(self.models)}
 
-    async def launch(
-        self,
-        model: str,
-        uid: str | None = None,
-        engine: str | None = None,
-        format: str | None = None,
-        size: str | None = None,
-        quantization: str | None = None,
-        replicas: int = 1,
-        engine_options: dict[str, Any] | None = None,
-        workers: list[str] | None = None,
-        gpu_idx: list[int] | None = None,
-        gpus: int | None = None,
-        max_queue: int | None = None,
-        restart: str = "never",
-        max_restarts: int = 3,
-        keep_alive: float | None = None,
-    ) -> dict[str, Any]:
+    def launch_handler(self, **options: Any) -> ModelInfo:
+        """``xnb_launch``: the options as sent over the wire, validated here too (the same 400)."""
+        return self.launch(validate(LaunchOptions, options))
+
+    def launch(self, opts: LaunchOptions) -> ModelInfo:
+        """Place the replicas and start loading them; answers at once (status ``launching``)."""
+        model, uid, gpus, gpu_idx, workers = opts.model, opts.uid, opts.gpus, opts.gpu_idx, opts.workers
+        replicas = opts.replicas
         spec = self.catalog.resolve(
-            model, engine=engine, fmt=format, size=size, quantization=quantization,
-            engine_options=engine_options,
+            model, engine=opts.engine, fmt=opts.format, size=opts.size, quantization=opts.quantization,
+            engine_options=opts.engine_options,
         )
         if uid is None:  # the model's own name, unless another replica set already uses it
             uid = spec.model_name if spec.model_name not in self.models else f"{spec.model_name}-{uuid.uuid4().hex[:6]}"
@@ -277,12 +271,6 @@ class Supervisor(SchedulerPlugin):
                 f"a model with uid {uid!r} is already running; choose another uid or terminate it",
                 param="uid",
             )
-        if restart not in ("never", "on-failure"):
-            raise InvalidRequest("restart must be 'never' or 'on-failure'", param="restart")
-        if not 1 <= replicas <= 64:
-            raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
-        if keep_alive is not None and keep_alive <= 0:
-            raise InvalidRequest("keep_alive must be a positive number of seconds", param="keep_alive")
         n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
         needs = Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
         placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
@@ -290,12 +278,12 @@ class Supervisor(SchedulerPlugin):
             uid=uid,
             spec=spec,
             options={
-                "max_queue": self.settings.max_queue if max_queue is None else max_queue,
-                "restart": restart,
-                "max_restarts": max_restarts,
+                "max_queue": self.settings.max_queue if opts.max_queue is None else opts.max_queue,
+                "restart": opts.restart,
+                "max_restarts": opts.max_restarts,
                 "gpus": n_gpus,
                 "workers": workers,
-                "keep_alive": keep_alive,
+                "keep_alive": opts.keep_alive,
             },
         )
         record.replicas = [
@@ -341,19 +329,19 @@ class Supervisor(SchedulerPlugin):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if replica.status in ("lost", "restarting") or record.terminating:
+            if replica.status in (ReplicaStatus.LOST, ReplicaStatus.RESTARTING) or record.terminating:
                 return  # remove_worker or terminate already dealt with it
             message = exc.message if isinstance(exc, XnbError) else f"{type(exc).__name__}: {exc}"
-            replica.status = "error"
+            replica.status = ReplicaStatus.ERROR
             replica.error = message
             record.last_error = message
             self._release(replica)
             self._emit(record, "error", f"replica {replica.index} failed to load: {message}",
                        replica=replica.index)
             return
-        if record.terminating or replica.status in ("lost", "restarting"):
+        if record.terminating or replica.status in (ReplicaStatus.LOST, ReplicaStatus.RESTARTING):
             return
-        replica.status = "ready"
+        replica.status = ReplicaStatus.READY
         replica.load_info = info
         replica.since = time.time()
         if record.ready_at is None:
@@ -392,23 +380,24 @@ class Supervisor(SchedulerPlugin):
             self._emit(record, "restart", f"relaunching replica {lost.index} on {placement.worker} "
                        f"(restart {attempts} of {max_restarts})", replica=lost.index)
             await self._start_replica(record, fresh)
-            if fresh.status == "ready":
+            if fresh.status is ReplicaStatus.READY:
                 return
-            if fresh.status == "restarting":
+            if fresh.status is ReplicaStatus.RESTARTING:
                 return  # its worker died too: remove_worker started another restart for it
             exclude = set()
             lost = fresh
-        lost.status = "lost" if lost.status == "restarting" else lost.status
+        if lost.status is ReplicaStatus.RESTARTING:
+            lost.status = ReplicaStatus.LOST
         self._emit(record, "restart-gave-up", f"replica {lost.index}: gave up after {max_restarts} restarts",
                    replica=lost.index)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[ModelInfo]:
         return [r.describe() for r in sorted(self.models.values(), key=lambda r: r.created)]
 
-    def describe(self, uid: str) -> dict[str, Any]:
+    def describe(self, uid: str) -> ModelInfo:
         return self._get(uid).describe()
 
-    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> dict[str, Any]:
+    async def watch(self, uid: str, version: int = -1, timeout: float = 10.0) -> ModelInfo:
         """Long poll: the model's description once its version passes ``version``."""
         record = self._get(uid)
         deadline = time.monotonic() + max(0.0, min(timeout, 60.0))
@@ -441,24 +430,24 @@ class Supervisor(SchedulerPlugin):
         self.models.pop(uid, None)
         self._notify(uid)
         out = record.describe()
-        out["status"] = "terminated"
+        out["status"] = ModelStatus.TERMINATED.value
         return out
 
     async def _stop_replica(self, replica: ReplicaRecord, timeout: float = 20.0) -> None:
-        if replica.actor is not None and replica.status == "ready":
+        if replica.actor is not None and replica.status.serving:
             try:
                 await asyncio.wait_for(replica.actor.call("unload"), timeout)
             except (asyncio.TimeoutError, OSError, XnbError) as exc:
                 logger.warning("unloading replica %s cleanly failed: %s", replica.key, exc)
-        replica.status = "stopped"
+        replica.status = ReplicaStatus.STOPPED
         self._release(replica)
 
-    async def scale(self, uid: str, replicas: int) -> dict[str, Any]:
+    async def scale(self, uid: str, replicas: int) -> ModelInfo:
         """Add or remove replicas of a running model."""
         record = self._get(uid)
         if not 1 <= replicas <= 64:
             raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
-        live = [r for r in record.replicas if r.status not in ("lost", "error", "stopped")]
+        live = [r for r in record.replicas if r.status.live]
         if replicas > len(live):
             needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0))
             placements = place(self._workers(), needs, replicas - len(live),
@@ -471,7 +460,7 @@ class Supervisor(SchedulerPlugin):
             for replica in fresh:
                 self._spawn(self._start_replica(record, replica))
         elif replicas < len(live):
-            drop = sorted(live, key=lambda r: (r.status == "ready", -r.index))[: len(live) - replicas]
+            drop = sorted(live, key=lambda r: (r.status.serving, -r.index))[: len(live) - replicas]
             self._emit(record, "scale", f"scaling down to {replicas} replicas")
             await asyncio.gather(*(self._stop_replica(r) for r in drop))
             record.replicas = [r for r in record.replicas if r not in drop]
