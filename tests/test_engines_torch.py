@@ -244,9 +244,9 @@ def _run(engine: Any, request: GenerateRequest, *, cancel_after_first: bool = Fa
         woke.clear()
     items = sink.take()
     assert sink.error is None, sink.error
-    reasons = [reason for _, _, reason in items if reason]
-    assert len(reasons) == 1 and all(index == 0 for index, _, _ in items)
-    return "".join(text for _, text, _ in items), reasons[0], sink.usage
+    reasons = [reason for _, _, reason, _ in items if reason]
+    assert len(reasons) == 1 and all(index == 0 for index, *_ in items)
+    return "".join(text for _, text, *_ in items), reasons[0], sink.usage
 
 
 def _chat(messages: list[dict[str, Any]], **params: Any) -> GenerateRequest:

@@ -41,7 +41,7 @@ from xnb.openai.requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from xnb.openai.shapes import ChunkBuilder, collect_choices
+from xnb.openai.shapes import Choice, ChunkBuilder, collect_choices
 from xnb.protocol import (
     GenerateResult,
     LaunchOptions,
@@ -253,8 +253,9 @@ class ModelManager:
 
     # -- inference -------------------------------------------------------------------------------
 
-    async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
-        """A whole generation: ``(choices, usage)`` with ``choices = [(text, finish_reason)]``."""
+    async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[Choice], dict[str, int]]:
+        """A whole generation: ``(choices, usage)``, one :class:`~xnb.openai.shapes.Choice`
+        ``(text, finish_reason, logprobs)`` per choice."""
         ability = "chat" if request.kind == "chat" else "generate"
         result = GenerateResult.of(await self._with_replica(
             uid, ability, "generate", request.model_dump(exclude_defaults=True)
@@ -363,7 +364,7 @@ class ModelManager:
             offset = p * body.n
             async for kind, value in self.stream(body.model, request):
                 if kind == "deltas":
-                    for chunk in builder.chunks((i + offset, t, f) for i, t, f in value):
+                    for chunk in builder.chunks((d[0] + offset, *d[1:]) for d in value):
                         yield chunk
                 else:
                     usages.append(value)

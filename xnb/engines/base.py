@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xnb.engines.logprobs import TokenLogprob
 from xnb.errors import EngineError, InvalidRequest, UnsupportedParameter, XnbError
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "ThreadedEngine",
     "Utf8Decoder",
     "FinishReason",
+    "Delta",
+    "TokenLogprob",
 ]
 
 if TYPE_CHECKING:
@@ -47,6 +50,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "tool_calls", "abort", "error"]
+
+#: What a pull returns per output event: ``(choice index, text, finish reason or
+#: None, token logprobs or None)`` — the logprobs of the tokens whose text this is.
+Delta = tuple[int, str, "str | None", "list[TokenLogprob] | None"]
 
 #: Sampling parameters every engine understands (the OpenAI core set).
 BASE_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "stop", "seed"})
@@ -79,6 +86,10 @@ class SamplingParams(BaseModel):
         default=None, description="JSON schema constraining output ({} = any JSON object)"
     )
     ignore_eos: bool = False
+    logprobs: bool = Field(default=False, description="report each generated token's log-probability")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="with logprobs: how many most likely alternatives per position"
+    )
 
     def set_fields(self) -> set[str]:
         """Names of parameters the caller actually set (to check engine support)."""
@@ -126,7 +137,9 @@ class ReplicaResources:
 class Sink:
     """Where an engine puts one request's output; thread-safe.
 
-    The engine calls :meth:`put` with text deltas per choice ``index``,
+    The engine calls :meth:`put` with text deltas per choice ``index`` (with
+    ``params.logprobs``, also the :class:`~xnb.engines.logprobs.TokenLogprob`
+    of every generated token whose text the delta carries),
     :meth:`finish` once per choice, then :meth:`close` with usage; or
     :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
     ``cancelled`` is set when the client aborts: engines check it between
@@ -137,7 +150,7 @@ class Sink:
 
     def __init__(self, n: int = 1, notify: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
-        self._items: list[tuple[int, str, str | None]] = []
+        self._items: list[Delta] = []
         self.n = n
         self.done = False
         self.usage: dict[str, int] | None = None
@@ -145,15 +158,15 @@ class Sink:
         self.cancelled = threading.Event()
         self.notify = notify
 
-    def put(self, index: int, text: str) -> None:
-        if text:
+    def put(self, index: int, text: str, logprobs: list[TokenLogprob] | None = None) -> None:
+        if text or logprobs:
             with self._lock:
-                self._items.append((index, text, None))
+                self._items.append((index, text, None, logprobs))
             self._wake()
 
-    def finish(self, index: int, reason: str, text: str = "") -> None:
+    def finish(self, index: int, reason: str, text: str = "", logprobs: list[TokenLogprob] | None = None) -> None:
         with self._lock:
-            self._items.append((index, text, reason))
+            self._items.append((index, text, reason, logprobs))
         self._wake()
 
     def close(self, prompt_tokens: int, completion_tokens: int) -> None:
@@ -176,7 +189,7 @@ class Sink:
         """Whether a pull would return something now."""
         return bool(self._items) or self.done
 
-    def take(self) -> list[tuple[int, str, str | None]]:
+    def take(self) -> list[Delta]:
         """Every delta produced since the last take (the pull side)."""
         with self._lock:
             items, self._items = self._items, []

@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import llama_cpp
+import numpy as np
 
 from xnb.engines.base import SamplingParams, Sink, StopChecker, Utf8Decoder
+from xnb.engines.logprobs import TokenLogprob, token_logprob
 from xnb.engines.llama_native import Vocab, common_prefix, native_call
 from xnb.errors import EngineError
 
@@ -82,6 +84,8 @@ class Sequence:
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     reused: int = 0
+    #: Logprobs of generated tokens whose text is not out yet (UTF-8 or stop hold-back).
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def sink(self) -> Sink:
@@ -374,6 +378,10 @@ class BatchScheduler:
         batch.n_tokens = n
 
     def _sample(self, seq: Sequence, out_index: int) -> None:
+        row = None
+        if seq.params.logprobs:  # the raw row the sampler is given: the model's own distribution
+            ptr = llama_cpp.llama_get_logits_ith(self.ctx, out_index)
+            row = np.ctypeslib.as_array(ptr, shape=(self.vocab.n_tokens,)).copy()
         token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, out_index)
         now = time.monotonic()
         if seq.first_token_at is None:
@@ -384,23 +392,35 @@ class BatchScheduler:
         seq.generated += 1
         self.counters["tokens_generated"] += 1
         seq.tokens.append(token)
+        if row is not None:
+            seq.pending_logprobs.append(token_logprob(row, token, seq.params.top_logprobs or 0, self.vocab.piece))
         text = seq.decoder.feed(self.vocab.piece(token))
         if text:
             safe, stopped = seq.stop.feed(text)
             if safe:
-                seq.sink.put(seq.index, safe)
+                seq.sink.put(seq.index, safe, self._take_logprobs(seq))
             if stopped:
                 self._finish(seq, "stop", flush=False)
                 return
         if seq.generated >= seq.max_new or len(seq.tokens) >= seq.max_len:
             self._finish(seq, "length")
 
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list[TokenLogprob] | None:
+        if not seq.params.logprobs:
+            return None
+        out, seq.pending_logprobs = seq.pending_logprobs, []
+        return out
+
     def _finish(self, seq: Sequence, reason: str, *, flush: bool = True) -> None:
         tail = ""
+        logprobs = None
         if flush and reason != "abort":
             rest = seq.decoder.flush()
             safe, stopped = seq.stop.feed(rest) if rest else ("", False)
             tail = safe if stopped else safe + seq.stop.flush()
+            if tail:
+                logprobs = self._take_logprobs(seq)
         if seq.slot >= 0:
             slot = self.slots[seq.slot]
             slot.seq = None
@@ -416,7 +436,7 @@ class BatchScheduler:
             seq.sampler = None
         key = "sequences_aborted" if reason == "abort" else "sequences_finished"
         self.counters[key] += 1
-        seq.sink.finish(seq.index, reason, tail)
+        seq.sink.finish(seq.index, reason, tail, logprobs)
         seq.group.choice_done(seq.generated)
 
     def _relieve_memory(self, entries: list[tuple[Sequence, int, int]]) -> None:

@@ -115,6 +115,7 @@ class LlamaCppEngine(Engine):
     supported_params = BASE_PARAMS | {
         "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
         "logit_bias", "grammar", "json_schema", "ignore_eos", "n", "tools",
+        "logprobs", "top_logprobs",
     }
     requires = ("llama_cpp",)
     Options = LlamaCppOptions
