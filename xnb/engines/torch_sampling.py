@@ -7,7 +7,7 @@ from typing import Any
 
 from xnb.engines.base import SamplingParams
 
-__all__ = ["IncrementalDetokenizer", "Sampler", "eos_ids", "adds_bos"]
+__all__ = ["IncrementalDetokenizer", "Sampler", "TokenBytes", "eos_ids", "adds_bos"]
 
 
 class IncrementalDetokenizer:
@@ -134,3 +134,46 @@ def adds_bos(tokenizer: Any) -> bool:
         return False
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte ↔ printable character map, as byte-level BPE vocabularies use it."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+class TokenBytes:
+    """Token id → the bytes it stands for (for logprobs); special tokens are empty.
+
+    Byte-level BPE vocabularies (GPT-2 style: SmolLM2, Llama 3, Qwen) map back
+    through the byte alphabet, so a token holding part of a UTF-8 character
+    gives its real bytes; other tokenizers fall back to the decoded text.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token: int) -> bytes:
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        if token in self._special:
+            out = b""
+        else:
+            piece = self._tokenizer.convert_ids_to_tokens(token)
+            if isinstance(piece, str) and piece and all(c in self._decoder for c in piece):
+                out = bytes(self._decoder[c] for c in piece)
+            else:
+                out = self._tokenizer.decode([token], skip_special_tokens=True).encode("utf-8")
+        self._cache[token] = out
+        return out

@@ -33,7 +33,7 @@ from xnb.engines.base import (
     Sink,
     StopChecker,
 )
-from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler, adds_bos, eos_ids
+from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler, TokenBytes, adds_bos, eos_ids
 from xnb.errors import InvalidRequest, LaunchFailed
 
 __all__ = ["TransformersEngine", "TransformersOptions", "IncrementalDetokenizer"]
@@ -54,7 +54,7 @@ class TransformersOptions(EngineOptions):
     trust_remote_code: bool = Field(default=False, description="run code shipped with the model")
     max_num_seqs: int | None = Field(
         default=None, ge=1, le=256, description="sequences decoded in one batch; default: as many "
-        "full-context KV caches as fit in a quarter of free memory, at most 16")
+        "full-context KV caches as fit in half the free memory, at most 16")
     max_batched_tokens: int = Field(
         default=512, ge=16, description="most tokens evaluated in one step (decode rows + prompt chunks)")
     prefill_chunk: int = Field(
@@ -77,7 +77,7 @@ class TransformersEngine(Engine):
     abilities = frozenset({"chat", "generate"})
     formats = frozenset({"pytorch", "gguf"})
     supported_params = BASE_PARAMS | {
-        "top_k", "min_p", "repeat_penalty", "logit_bias", "ignore_eos",
+        "top_k", "min_p", "repeat_penalty", "logit_bias", "ignore_eos", "logprobs", "top_logprobs",
     }
     requires = ("transformers", "torch")
     Options = TransformersOptions
@@ -152,6 +152,7 @@ class TransformersEngine(Engine):
         self._forward_extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         self._eos = frozenset(eos_ids(model, tokenizer))
         self._adds_bos = adds_bos(tokenizer)
+        self._token_bytes = TokenBytes(tokenizer)
         self.template, template_origin = self._chat_template(tokenizer)
         self._max_num_seqs, auto = self._batch_size(model, dtype_bytes=model.dtype.itemsize)
         from xnb.engines.transformers_batch import TorchBatchScheduler
@@ -198,7 +199,8 @@ class TransformersEngine(Engine):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
         gpu = self._device.index if self._device.type == "cuda" else None
-        return default_max_num_seqs(per_token * self.max_len, free_memory(gpu)), True
+        # Nothing is allocated ahead (the cache grows with use): half the free memory may hold it.
+        return default_max_num_seqs(per_token * self.max_len, free_memory(gpu), share=0.5), True
 
     def _chat_template(self, tokenizer: Any) -> tuple[Any, str | None]:
         from xnb.engines.chat_template import ChatTemplate
@@ -290,6 +292,8 @@ class TransformersEngine(Engine):
             stop=StopChecker(list(dict.fromkeys([*params.stop, *self.spec.stop]))),
             detok=IncrementalDetokenizer(self._tokenizer),
             eos=frozenset() if params.ignore_eos else self._eos,
+            logprobs=(params.top_logprobs or 0) if params.logprobs else None,
+            piece=self._token_bytes,
         )
         self.scheduler.submit(seq)
 

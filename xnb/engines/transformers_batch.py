@@ -22,7 +22,7 @@ Greedy sequences without penalties or bias are served by one ``argmax`` over
 the batch's logits; others sample one row each with their own generator.
 Batched float arithmetic is not bit-identical to one sequence alone (matmul
 blocking depends on the batch shape), so greedy text alone and in a batch
-agree in practice but are not guaranteed to (see tests/test_transformers_batch.py).
+agree in practice but are not guaranteed to (tests/test_engines_torch.py checks them).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from xnb.engines.base import Sink, StopChecker
+from xnb.engines.logprobs import TokenLogprob, token_logprob
 from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler
 from xnb.errors import EngineError
 
@@ -55,7 +56,10 @@ class TorchSequence:
     stop: StopChecker
     detok: IncrementalDetokenizer
     eos: frozenset[int]
-    logprobs: int | None = None  # top alternatives wanted per token (None: no logprobs)
+    logprobs: int | None = None  # alternatives wanted per token (None: no logprobs at all)
+    piece: Callable[[int], bytes] | None = None  # token id -> bytes, for logprobs
+    #: Logprobs of generated tokens whose text is not out yet (UTF-8 or stop hold-back).
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     generated: int = 0
     n_cached: int = 0  # tokens whose keys/values are cached (own cache, then a batch row)
     cache: Any = None  # the private cache while the prompt is evaluated
@@ -242,10 +246,14 @@ class TorchBatchScheduler:
         seq.generated += 1
         self.counters["tokens_generated"] += 1
         seq.ids.append(token)
+        if seq.logprobs is not None and seq.piece is not None:  # the model's own distribution
+            row = logits.float().cpu().numpy()
+            seq.pending_logprobs.append(token_logprob(row, token, seq.logprobs, seq.piece))
         text = seq.detok.push(token)
         if text:
             safe, stopped = seq.stop.feed(text)
-            seq.sink.put(0, safe)
+            if safe:
+                seq.sink.put(0, safe, self._take_logprobs(seq))
             if stopped:
                 self._finish(seq, "stop", flush=False)
                 return False
@@ -304,8 +312,16 @@ class TorchBatchScheduler:
         if rows:
             self._drop_rows(rows)
 
+    @staticmethod
+    def _take_logprobs(seq: TorchSequence) -> list[TokenLogprob] | None:
+        if seq.logprobs is None:
+            return None
+        out, seq.pending_logprobs = seq.pending_logprobs, []
+        return out
+
     def _finish(self, seq: TorchSequence, reason: str, *, flush: bool = True) -> None:
         tail = ""
+        logprobs = None
         if flush and reason != "abort":
             rest = seq.detok.flush()
             safe, stopped = seq.stop.feed(rest) if rest else ("", False)
@@ -313,9 +329,11 @@ class TorchBatchScheduler:
                 tail, reason = safe, "stop"
             else:
                 tail = safe + seq.stop.flush()
+            if tail:
+                logprobs = self._take_logprobs(seq)
         key = "sequences_aborted" if reason == "abort" else "sequences_finished"
         self.counters[key] += 1
-        seq.sink.finish(0, reason, tail)
+        seq.sink.finish(0, reason, tail, logprobs)
         seq.sink.close(seq.n_prompt, seq.generated)
 
     def _fail_all(self, message: str) -> None:
