@@ -22,18 +22,20 @@ KV_SHARE = 0.25
 
 
 def free_memory(gpu: int | None = None) -> int | None:
-    """Bytes free now: on GPU ``gpu`` (through torch, if it is imported with CUDA),
+    """Bytes free now: on GPU ``gpu`` (an NVML index, as the Supervisor hands them out),
     else the host's available memory; ``None`` when unknown."""
     if gpu is not None:
         try:
-            import torch
-
-            if torch.cuda.is_available():
-                free, _total = torch.cuda.mem_get_info(gpu)
-                return int(free)
-        except (ImportError, RuntimeError):
-            pass
-        return None
+            import pynvml
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(gpu)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        except pynvml.NVMLError as exc:  # no NVML here: unknown
+            logger.debug("free memory of GPU %d unknown: %s", gpu, exc)
+            return None
     import psutil
 
     return int(psutil.virtual_memory().available)

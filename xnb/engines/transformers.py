@@ -198,7 +198,7 @@ class TransformersEngine(Engine):
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-        gpu = self._device.index if self._device.type == "cuda" else None
+        gpu = self.resources.gpus[0] if self._device.type == "cuda" and self.resources.gpus else None
         # Nothing is allocated ahead (the cache grows with use): half the free memory may hold it.
         return default_max_num_seqs(per_token * self.max_len, free_memory(gpu), share=0.5), True
 
