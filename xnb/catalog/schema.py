@@ -20,6 +20,7 @@ __all__ = [
     "HubSource",
     "PackageSource",
     "LocalSource",
+    "ConvertedSource",
     "Source",
     "ModelSpec",
     "ModelFamily",
@@ -85,7 +86,20 @@ class LocalSource(_Strict):
     path: str
 
 
-Source = Annotated[Union[HubSource, PackageSource, LocalSource], Field(discriminator="kind")]
+class ConvertedSource(_Strict):
+    """A GGUF file inside an installed Python package, converted once to a safetensors
+    folder in xnb's cache (:mod:`xnb.catalog.convert`); serves the ``pytorch`` format."""
+
+    kind: Literal["converted"] = "converted"
+    package: str = Field(description="pip distribution name, used in install hints")
+    module: str = Field(description="top-level import name whose folder holds the GGUF file")
+    path: str = Field(description="the .gguf file inside that folder; may contain {quantization}")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+Source = Annotated[
+    Union[HubSource, PackageSource, LocalSource, ConvertedSource], Field(discriminator="kind")
+]
 
 
 class ModelSpec(_Strict):

@@ -315,6 +315,15 @@ class Engine(ABC):
 
     # -- lifecycle -------------------------------------------------------------
 
+    #: Set by the model actor: where :meth:`report` sends launch progress.
+    progress: Callable[..., None] | None = None
+
+    def report(self, phase: str, **extra: Any) -> None:
+        """Tell the launch's watchers how loading goes (e.g. ``report("loading", step=...)``);
+        callable from any thread."""
+        if self.progress is not None:
+            self.progress(phase, **extra)
+
     @abstractmethod
     def load(self) -> dict[str, Any]:
         """Load the weights (blocking; runs on a thread of the actor).

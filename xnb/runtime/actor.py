@@ -166,6 +166,7 @@ class ModelActor:
         engine_cls = get_engine(self.spec.engine)
         options = engine_cls.Options.model_validate(self.spec.engine_options)
         engine = engine_cls(self.spec, self._files.path, options, self.resources)
+        engine.progress = self._report
         started = time.monotonic()
         try:
             info = await self._loop.run_in_executor(self._pool, engine.load)

@@ -121,6 +121,10 @@ def progress_line(record: ModelInfo) -> str:
         text = status.value
         if status is ReplicaStatus.DOWNLOADING and p.get("total"):
             text += f" {100 * p.get('downloaded', 0) / p['total']:.0f}% of {p['total'] / 1e6:.0f} MB"
+        elif status is ReplicaStatus.DOWNLOADING and p.get("phase") == "converting":
+            text += f" (converting {p.get('file')} to {p.get('dtype')} safetensors)"
+        elif status is ReplicaStatus.LOADING and p.get("step"):
+            text += f" ({p['step']})"
         parts.append(text)
     ready = sum(1 for r in record["replicas"] if ReplicaStatus(r["status"]).serving)
     return f"{record['uid']}: {record['status']} [{', '.join(parts)}] {ready}/{len(record['replicas'])} ready"
