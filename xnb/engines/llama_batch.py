@@ -76,6 +76,7 @@ class Sequence:
     max_len: int
     sampler: Any
     stop: StopChecker
+    greedy: bool = False  # plain greedy (llama_native.is_plain_greedy): argmax in numpy
     decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
     slot: int = -1
     n_past: int = 0
@@ -379,10 +380,15 @@ class BatchScheduler:
 
     def _sample(self, seq: Sequence, out_index: int) -> None:
         row = None
-        if seq.params.logprobs:  # the raw row the sampler is given: the model's own distribution
+        if seq.params.logprobs or seq.greedy:  # the raw row: the model's own distribution
             ptr = llama_cpp.llama_get_logits_ith(self.ctx, out_index)
-            row = np.ctypeslib.as_array(ptr, shape=(self.vocab.n_tokens,)).copy()
-        token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, out_index)
+            row = np.ctypeslib.as_array(ptr, shape=(self.vocab.n_tokens,))
+        if seq.greedy:
+            token = int(row.argmax())  # what the greedy chain picks (first of equal maxima)
+        else:
+            if row is not None:
+                row = row.copy()  # the sampler chain may rewrite the logits
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, out_index)
         now = time.monotonic()
         if seq.first_token_at is None:
             seq.first_token_at = now

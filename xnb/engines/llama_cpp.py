@@ -265,7 +265,7 @@ class LlamaCppEngine(Engine):
 
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
         from xnb.engines.llama_batch import Sequence, SequenceGroup
-        from xnb.engines.llama_native import build_sampler
+        from xnb.engines.llama_native import build_sampler, is_plain_greedy
 
         self.check_params(request)
         if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
@@ -298,7 +298,8 @@ class LlamaCppEngine(Engine):
                 sink.put(i, text)
             seqs.append(
                 Sequence(group=group, index=i, tokens=list(tokens), n_prompt=len(tokens),
-                         params=p, max_len=self.max_len, sampler=sampler, stop=StopChecker(stops))
+                         params=p, max_len=self.max_len, sampler=sampler, stop=StopChecker(stops),
+                         greedy=is_plain_greedy(p, grammar))
             )
         self.scheduler.submit(seqs)
 
