@@ -7,8 +7,7 @@ keeps up to ``max_num_seqs`` sequences in the context, each in its own *slot*
 
 * one ``llama_decode`` over a multi-sequence batch evaluates the last sampled
   token of every decoding sequence;
-* prefilling sequences add one chunk of their prompt each, oldest first, up
-  to ``prefill_rows`` prompt rows per step (a fixed grid of
+* prefilling sequences add one chunk of their prompt each (a fixed grid of
   ``prefill_chunk`` tokens, so a long prompt never stalls the others and is
   always split the same way — see :meth:`BatchScheduler._plan`);
 * each sequence whose last pending token was evaluated samples its next
@@ -121,7 +120,6 @@ class BatchScheduler:
         max_num_seqs: int,
         n_batch: int,
         prefill_chunk: int | None = 64,
-        prefill_rows: int | None = None,
         prefix_cache: bool = True,
         on_step: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -131,8 +129,6 @@ class BatchScheduler:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.grid = min(prefill_chunk or 64, n_batch)
-        #: Prompt rows per step, oldest sequence first (None: up to n_batch).
-        self.prefill_rows = prefill_rows or n_batch
         self.prefix_cache = prefix_cache
         self.slots = [Slot(i) for i in range(max_num_seqs)]
         self.waiting: deque[Sequence] = deque()
@@ -346,7 +342,6 @@ class BatchScheduler:
         if decoding:
             calls.append([(s, 1, i) for i, s in enumerate(decoding)])
         budget = self.n_batch
-        prompt_rows = 0
         chunks: dict[int, list[tuple[Sequence, int, int]]] = {}
         for seq in sorted((s for s in running if len(s.tokens) - s.n_past > 1), key=lambda s: s.admitted_at):
             pending = len(seq.tokens) - seq.n_past
@@ -355,10 +350,7 @@ class BatchScheduler:
                 count -= 1  # never leave a one-row chunk
             if count > budget and (chunks or decoding):
                 break  # the step is full; this chunk waits for the next one
-            if chunks and prompt_rows + count > self.prefill_rows:
-                break  # older prompts first: they finish (and start streaming) sooner
             budget -= count
-            prompt_rows += count
             chunks.setdefault(count, []).append((seq, count, -1 if count < pending else 0))
         # Chunks of equal length share a call: llama.cpp evaluates them as one
         # sequence-parallel ubatch, each row still on the row-by-row kernel.

@@ -51,9 +51,6 @@ class LlamaCppOptions(EngineOptions):
     prefill_chunk: int = Field(
         default=32, ge=2, le=63, description="prompt tokens a sequence evaluates per step (under 64 keeps output batch-invariant)"
     )
-    prefill_rows: int = Field(
-        default=64, ge=2, description="prompt tokens evaluated per step over all new sequences, oldest "
-        "first: a burst of requests starts streaming one by one instead of all after every prompt")
     prefix_cache: bool = Field(default=True, description="keep finished sequences' KV for prefix reuse")
     n_threads: int | None = Field(default=None, ge=1, description="default: the replica's cores")
     n_gpu_layers: int | None = Field(
@@ -210,7 +207,6 @@ class LlamaCppEngine(Engine):
             max_num_seqs=n_seqs,
             n_batch=opts.n_batch,
             prefill_chunk=opts.prefill_chunk,
-            prefill_rows=opts.prefill_rows,
             prefix_cache=opts.prefix_cache,
         )
         self._embed_ctx: Any = None
