@@ -200,9 +200,9 @@ def process_tree(pid: int) -> list[dict[str, Any]]:
 
 
 def launch_via_api(http: httpx.Client, api: str, body: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
-    """POST /xnb/v1/models, then long-poll the status URL until ready; times it."""
+    """POST /api/models, then long-poll the status URL until ready; times it."""
     t0 = time.perf_counter()
-    r = http.post(api + "/xnb/v1/models", json=body)
+    r = http.post(api + "/api/models", json=body)
     r.raise_for_status()
     record = r.json()
     accepted = time.perf_counter() - t0
@@ -216,8 +216,8 @@ def launch_via_api(http: httpx.Client, api: str, body: dict[str, Any], timeout: 
         record = http.get(url, params={"version": version, "wait": 10}).json()
         version = record["version"]
     elapsed = time.perf_counter() - t0
-    replicas = http.get(f"{api}/xnb/v1/models/{body['uid']}/replicas").json()["data"]
-    events = http.get(f"{api}/xnb/v1/models/{body['uid']}/events").json()["data"]
+    replicas = http.get(f"{api}/api/models/{body['uid']}/replicas").json()["data"]
+    events = http.get(f"{api}/api/models/{body['uid']}/events").json()["data"]
     return {
         "uid": body["uid"], "replicas": body.get("replicas", 1), "seconds": elapsed, "accepted_s": accepted,
         "load_seconds": [r.get("load", {}).get("load_seconds") for r in replicas],
@@ -226,10 +226,10 @@ def launch_via_api(http: httpx.Client, api: str, body: dict[str, Any], timeout: 
 
 
 def terminate_via_api(http: httpx.Client, api: str, uid: str) -> None:
-    http.delete(f"{api}/xnb/v1/models/{uid}").raise_for_status()
+    http.delete(f"{api}/api/models/{uid}").raise_for_status()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if http.get(f"{api}/xnb/v1/models/{uid}").status_code == 404:
+        if http.get(f"{api}/api/models/{uid}").status_code == 404:
             return
         time.sleep(0.1)
 
@@ -650,7 +650,7 @@ def build_report(args: argparse.Namespace, runs: list[Run], results: dict[str, A
           "ends a running stream with `[DONE]` whenever another request arrives, which would count as errors here.",
           "- xnb: `xnb local --n-workers 1 --threads-per-worker 2` (1 replica), or `--n-workers 2 "
           "--threads-per-worker 1` with `{\"replicas\": 2}` (2 replicas), using the default engine options "
-          "(continuous batching, max_num_seqs 4, max_queue 64). Models are launched through `POST /xnb/v1/models`. "
+          "(continuous batching, max_num_seqs 4, max_queue 64). Models are launched through `POST /api/models`. "
           "The Python-API path (`xnb.connect(...).get(uid).chat(..., stream=True)` from the benchmark process) has "
           "its own `xnb local` (1 worker × 2 threads), so no prompt is ever served twice by one model and no worker "
           "holds two llama.cpp models in use. The embedding model runs alone in the 1 × 2 worker.",
@@ -728,7 +728,7 @@ def build_report(args: argparse.Namespace, runs: list[Run], results: dict[str, A
     f = results["footprint"]
     la = results["launch"]
     L += ["## Footprint", "",
-          f"- Launch → ready for SmolLM2 (POST /xnb/v1/models, then status `ready` via the `?version=&wait=` long poll): "
+          f"- Launch → ready for SmolLM2 (POST /api/models, then status `ready` via the `?version=&wait=` long poll): "
           f"**{la['cold']['seconds']:.2f} s** in a fresh worker, the first model there, which imports llama_cpp; "
           f"**{la['warm']['seconds']:.2f} s** for a second launch. The engine load itself took "
           f"{la['cold']['load_seconds']} and {la['warm']['load_seconds']} s. "

@@ -98,3 +98,17 @@ def admin(sidecar: str) -> Iterator[httpx.Client]:
 def http(sidecar: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sidecar, headers={"Authorization": f"Bearer {INFERENCE_KEY}"}, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def echo(client: Client):
+    """The echo test engine (no model files): its catalog family registered as data."""
+    from xnb.engines.echo import ECHO_FAMILY
+
+    client.register(ECHO_FAMILY, overwrite=True)
+    model = client.launch(ECHO_FAMILY["name"], uid="echo", timeout=60)
+    yield model
+    try:
+        client.terminate("echo")
+    except Exception:  # already terminated by a test, or the cluster is gone
+        pass

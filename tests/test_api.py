@@ -22,8 +22,8 @@ from xnb.settings import XnbSettings
 from support import ADMIN_KEY, INFERENCE_KEY, SMOL, wait_until
 
 def launch_via_api(admin: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    """POST /xnb/v1/models (202) and long-poll the status URL until ready."""
-    r = admin.post("/xnb/v1/models", json=body)
+    """POST /api/models (202) and long-poll the status URL until ready."""
+    r = admin.post("/api/models", json=body)
     assert r.status_code == 202, r.text
     record = r.json()
     assert r.headers["location"] == record["status_url"]
@@ -174,7 +174,7 @@ def minilm_uid(admin: httpx.Client) -> Iterator[str]:
     assert record["status"] == "ready", record
     assert "loading" in record["seen"] or "downloading" in record["seen"] or record["seen"][0] == "ready"
     yield "minilm"
-    admin.delete("/xnb/v1/models/minilm")
+    admin.delete("/api/models/minilm")
 
 
 def test_embeddings_float_and_base64(oai: openai.OpenAI, minilm_uid: str) -> None:
@@ -246,22 +246,22 @@ def test_openai_client_sees_typed_errors(oai: openai.OpenAI) -> None:
 
 
 def test_duplicate_uid_is_409_and_failed_model_is_503(admin: httpx.Client, http: httpx.Client, tmp_path) -> None:
-    assert_openai_error(admin.post("/xnb/v1/models", json={"model": SMOL, "uid": "smol"}), 409, "model_exists")
+    assert_openai_error(admin.post("/api/models", json={"model": SMOL, "uid": "smol"}), 409, "model_exists")
     bad = tmp_path / "junk.gguf"
     bad.write_bytes(b"not a gguf at all" * 100)
     family = {"name": "junk-model", "abilities": ["chat"],
               "specs": [{"format": "gguf", "size": "1m", "quantizations": ["none"],
                          "sources": [{"kind": "local", "path": str(bad)}]}]}
-    r = admin.post("/xnb/v1/catalog", json={"family": family})
+    r = admin.post("/api/catalog", json={"family": family})
     assert r.status_code == 201, r.text
     record = launch_via_api(admin, {"model": "junk-model", "uid": "junk"})
     assert record["status"] == "error" and "junk.gguf" in record["last_error"]
     err = assert_openai_error(http.post("/v1/chat/completions", json={"model": "junk", "messages": MESSAGES}),
                               503, "model_not_ready")
     assert "junk" in err["message"]
-    assert admin.delete("/xnb/v1/models/junk").status_code == 200
-    assert admin.delete("/xnb/v1/catalog/junk-model").status_code == 200
-    assert_openai_error(admin.get("/xnb/v1/catalog/junk-model"), 404)
+    assert admin.delete("/api/models/junk").status_code == 200
+    assert admin.delete("/api/catalog/junk-model").status_code == 200
+    assert_openai_error(admin.get("/api/catalog/junk-model"), 404)
 
 
 def test_queue_bound_gives_429_with_retry_after(admin: httpx.Client, sidecar: str, http: httpx.Client) -> None:
@@ -283,11 +283,11 @@ def test_queue_bound_gives_429_with_retry_after(admin: httpx.Client, sidecar: st
         wait_until(lambda: http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2})
                    .status_code == 200, 30, "the slot to free up")
     finally:
-        admin.delete("/xnb/v1/models/tiny-queue")
+        admin.delete("/api/models/tiny-queue")
 
 
 def replica_counters(admin: httpx.Client, uid: str) -> dict[str, Any]:
-    (info,) = admin.get(f"/xnb/v1/models/{uid}/replicas").json()["data"]
+    (info,) = admin.get(f"/api/models/{uid}/replicas").json()["data"]
     return info
 
 
@@ -321,7 +321,7 @@ def test_mid_stream_failure_sends_error_event(admin: httpx.Client, sidecar: str)
                       headers={"Authorization": f"Bearer {INFERENCE_KEY}"}, timeout=60) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line).startswith("data: {")
-        assert admin.delete("/xnb/v1/models/doomed").status_code == 200
+        assert admin.delete("/api/models/doomed").status_code == 200
         rest = [line for line in lines if line]
     assert rest, "the stream ended without a final event"
     last = json.loads(rest[-1].removeprefix("data: "))
@@ -333,20 +333,20 @@ def test_mid_stream_failure_sends_error_event(admin: httpx.Client, sidecar: str)
 
 
 def test_management_routes(admin: httpx.Client) -> None:
-    models = admin.get("/xnb/v1/models").json()["data"]
+    models = admin.get("/api/models").json()["data"]
     smol = next(m for m in models if m["uid"] == "smol")
     assert smol["status"] == "ready" and smol["replicas"][0]["worker"].startswith("tcp://127.0.0.1")
-    kinds = [e["kind"] for e in admin.get("/xnb/v1/models/smol/events").json()["data"]]
+    kinds = [e["kind"] for e in admin.get("/api/models/smol/events").json()["data"]]
     assert kinds[:1] == ["launch"] and "ready" in kinds
-    catalog = admin.get("/xnb/v1/catalog", params={"ability": "embed"}).json()["data"]
+    catalog = admin.get("/api/catalog", params={"ability": "embed"}).json()["data"]
     assert "all-minilm-l6-v2" in [c["name"] for c in catalog]
-    assert admin.get("/xnb/v1/catalog/qwen2.5-instruct/engines").json()["data"][0]["engine"] == "llama-cpp"
-    cluster = admin.get("/xnb/v1/cluster").json()
+    assert admin.get("/api/catalog/qwen2.5-instruct/engines").json()["data"][0]["engine"] == "llama-cpp"
+    cluster = admin.get("/api/cluster").json()
     assert any("smol" in [m["uid"] for m in w["models"]] for w in cluster["workers"])
     assert all(w["memory_limit"] > 0 and w["nthreads"] > 0 for w in cluster["workers"])
-    assert_openai_error(admin.post("/xnb/v1/models", json={"model": "no-such-family"}), 404)
-    assert_openai_error(admin.post("/xnb/v1/models", json={"model": SMOL, "wat": 1}), 400)
-    assert_openai_error(admin.delete("/xnb/v1/models/ghost"), 404)
+    assert_openai_error(admin.post("/api/models", json={"model": "no-such-family"}), 404)
+    assert_openai_error(admin.post("/api/models", json={"model": SMOL, "wat": 1}), 400)
+    assert_openai_error(admin.delete("/api/models/ghost"), 404)
 
 
 # -- auth and hosts ------------------------------------------------------------------------------------
@@ -387,9 +387,9 @@ def test_every_route_but_health_needs_a_key(sidecar: str) -> None:
 
 
 def test_scopes_and_bad_keys(sidecar: str) -> None:
-    assert required_scope("/xnb/v1/models") == "admin" and required_scope("/v1/models") == "inference"
+    assert required_scope("/api/models") == "admin" and required_scope("/v1/models") == "inference"
     inference = {"Authorization": f"Bearer {INFERENCE_KEY}"}
-    r = httpx.get(sidecar + "/xnb/v1/models", headers=inference)
+    r = httpx.get(sidecar + "/api/models", headers=inference)
     assert_openai_error(r, 403, "insufficient_scope")
     assert_openai_error(httpx.get(sidecar + "/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
     assert httpx.get(sidecar + "/v1/models", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200

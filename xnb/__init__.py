@@ -21,6 +21,9 @@ __all__ = [
     "Model",
     "AsyncModel",
     "XnbError",
+    "LaunchOptions",
+    "ModelStatus",
+    "ReplicaStatus",
     "load_ipython_extension",
 ]
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
         connect_async,
     )
     from xnb.errors import XnbError
+    from xnb.protocol import LaunchOptions, ModelStatus, ReplicaStatus
 
 
 def __getattr__(name: str) -> Any:
@@ -42,6 +46,10 @@ def __getattr__(name: str) -> Any:
         from xnb import client
 
         return getattr(client, name)
+    if name in ("LaunchOptions", "ModelStatus", "ReplicaStatus"):
+        from xnb import protocol
+
+        return getattr(protocol, name)
     if name == "XnbError":
         from xnb.errors import XnbError
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import atexit
 import logging
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, cast
 
 import numpy as np
 
 from xnb.runtime.cluster import (
-    ensure_supervisor,
-    ensure_supervisor_async,
     find_running_cluster,
+    open_dask,
     remove_runtime_file,
-    security_for,
     start_local_cluster,
     write_runtime_file,
 )
@@ -31,16 +29,23 @@ from xnb.openai.requests import (
     EmbeddingRequest,
     parse_request,
 )
+from xnb.protocol import ModelInfo
 from xnb.settings import XnbSettings
 
 __all__ = ["connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[ModelInfo], None]
 
 
-def _log_progress(record: dict[str, Any]) -> None:
+#: Rows of plain JSON records (events, replicas, catalog entries).
+Rows = list[dict[str, Any]]
+Models = list[ModelInfo]
+T = TypeVar("T")
+
+
+def _log_progress(record: ModelInfo) -> None:
     logger.info("model %s: %s", record["uid"], record["status"])
 
 
@@ -50,7 +55,7 @@ def _log_progress(record: dict[str, Any]) -> None:
 class AsyncModel:
     """A launched model (asyncio API).  Results are OpenAI-shaped dicts."""
 
-    def __init__(self, manager: ModelManager, record: dict[str, Any]) -> None:
+    def __init__(self, manager: ModelManager, record: ModelInfo) -> None:
         self.manager = manager
         self.uid: str = record["uid"]
         self.record = record
@@ -58,13 +63,13 @@ class AsyncModel:
     def __repr__(self) -> str:
         return f"<xnb model {self.uid} ({self.record.get('model_name')}) {self.record.get('status')}>"
 
-    async def refresh(self) -> dict[str, Any]:
+    async def refresh(self) -> ModelInfo:
         self.record = await self.manager.describe(self.uid)
         return self.record
 
     @property
     def status(self) -> str:
-        return self.record["status"]
+        return str(self.record["status"])
 
     async def wait(self, timeout: float | None = None, on_progress: Progress | None = None) -> "AsyncModel":
         self.record = await self.manager.wait_ready(self.uid, timeout=timeout, on_update=on_progress)
@@ -98,11 +103,11 @@ class AsyncModel:
             parse_request(EmbeddingRequest, {"model": self.uid, "input": input, **params})
         )
 
-    async def info(self) -> list[dict[str, Any]]:
+    async def info(self) -> Rows:
         """Each replica's status and counters."""
         return await self.manager.replica_info(self.uid)
 
-    async def events(self) -> list[dict[str, Any]]:
+    async def events(self) -> Rows:
         return await self.manager.events(self.uid)
 
     async def terminate(self) -> dict[str, Any]:
@@ -120,11 +125,12 @@ class AsyncClient:
 
     @property
     def scheduler_address(self) -> str:
-        return self.dask.scheduler.address
+        return str(self.dask.scheduler.address)
 
     async def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
                      on_progress: Progress | None = None, **options: Any) -> AsyncModel:
-        """Launch a catalog model (engine=, format=, size=, quantization=, uid=, replicas=, ...)."""
+        """Launch a catalog model; ``options`` are :class:`xnb.protocol.LaunchOptions`
+        fields (invalid ones raise :class:`~xnb.errors.InvalidRequest`, as over HTTP)."""
         model = AsyncModel(self.manager, await self.manager.launch(name, **options))
         if wait:
             await model.wait(timeout=timeout, on_progress=on_progress)
@@ -133,17 +139,35 @@ class AsyncClient:
     async def get(self, uid: str) -> AsyncModel:
         return AsyncModel(self.manager, await self.manager.describe(uid))
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> Models:
         return await self.manager.list()
 
     async def terminate(self, uid: str) -> dict[str, Any]:
         return await self.manager.terminate(uid)
 
-    async def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    async def catalog(self, query: str | None = None, **filters: Any) -> Rows:
         return await self.manager.catalog(query, **filters)
 
     async def cluster_info(self) -> dict[str, Any]:
         return await self.manager.cluster()
+
+    async def scale(self, uid: str, replicas: int) -> ModelInfo:
+        return await self.manager.scale(uid, replicas)
+
+    async def register(self, family: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+        return await self.manager.register(family, overwrite=overwrite)
+
+    async def unregister(self, name: str) -> dict[str, Any]:
+        return await self.manager.unregister(name)
+
+    async def engines(self, name: str) -> Rows:
+        return await self.manager.engines(name)
+
+    async def cached(self) -> dict[str, Rows]:
+        return await self.manager.cached()
+
+    async def replica_info(self, uid: str) -> Rows:
+        return await self.manager.replica_info(uid)
 
     async def close(self) -> None:
         await self.manager.close()
@@ -161,17 +185,13 @@ class AsyncClient:
 
 async def connect_async(address: str | None = None, *, settings: XnbSettings | None = None) -> AsyncClient:
     """Attach to a running cluster (asyncio).  Starting one needs the sync :func:`connect`."""
-    from distributed import Client as DaskClient
-
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
     if address is None:
         raise ClusterUnavailable(
             "no xnb cluster is running; start one with `xnb local` or xnb.connect()"
         )
-    dask = await DaskClient(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                            security=security_for(settings, address))
-    await ensure_supervisor_async(dask)
+    dask = await open_dask(address, settings, asynchronous=True)
     return AsyncClient(dask, settings=settings)
 
 
@@ -193,7 +213,7 @@ class Model:
         return self._amodel.uid
 
     @property
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ModelInfo:
         return self._amodel.record
 
     @property
@@ -220,10 +240,10 @@ class Model:
     def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
         return self._client._sync(lambda: self._amodel.embeddings(input, **params))
 
-    def info(self) -> list[dict[str, Any]]:
+    def info(self) -> Rows:
         return self._client._sync(self._amodel.info)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> Rows:
         return self._client._sync(self._amodel.events)
 
     def terminate(self) -> dict[str, Any]:
@@ -234,13 +254,9 @@ class Client:
     """Synchronous API: launch, list, use and terminate models on an xnb cluster."""
 
     def __init__(self, address: str, *, cluster: Any = None, settings: XnbSettings | None = None) -> None:
-        from distributed import Client as DaskClient
-
         self.settings = settings or XnbSettings()
         self.cluster = cluster
-        self.dask = DaskClient(address, direct_to_workers=True, set_as_default=False,
-                               security=security_for(self.settings, address))
-        ensure_supervisor(self.dask)
+        self.dask = open_dask(address, self.settings)
         self._async = AsyncClient(self.dask, settings=self.settings)
         self.manager = self._async.manager
 
@@ -249,12 +265,12 @@ class Client:
 
     @property
     def scheduler_address(self) -> str:
-        return self.dask.scheduler.address
+        return str(self.dask.scheduler.address)
 
-    def _sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self.dask.sync(fn, *args, **kwargs)
+    def _sync(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        return cast(T, self.dask.sync(fn, *args, **kwargs))
 
-    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    def _iterate(self, agen: AsyncGenerator[Any, None]) -> Iterator[Any]:
         async def next_item() -> tuple[bool, Any]:
             try:
                 return True, await agen.__anext__()
@@ -277,9 +293,13 @@ class Client:
                on_progress: Progress | None = None, **options: Any) -> Model:
         """Launch a catalog model and (by default) wait until it is ready.
 
-        Options: ``engine``, ``format``, ``size``, ``quantization``, ``uid``,
-        ``replicas``, ``engine_options``, ``workers``, ``gpu_idx``,
-        ``max_queue``, ``restart``.
+        Options are :class:`xnb.protocol.LaunchOptions` fields: ``uid``, ``engine``,
+        ``format``, ``size``, ``quantization``, ``replicas``, ``engine_options``,
+        ``workers``, ``gpu_idx``, ``gpus``, ``max_queue``, ``restart``,
+        ``max_restarts``, ``keep_alive`` (seconds idle before the weights are
+        unloaded; the next request reloads them).  Invalid options raise
+        :class:`~xnb.errors.InvalidRequest` with the same message as ``xnb launch``
+        and ``POST /api/models``.
         """
         amodel = self._sync(lambda: self._async.launch(name, wait=False, **options))
         model = Model(self, amodel)
@@ -290,23 +310,39 @@ class Client:
     def get(self, uid: str) -> Model:
         return Model(self, self._sync(self._async.get, uid))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> Models:
         return self._sync(self.manager.list)
 
     def terminate(self, uid: str) -> dict[str, Any]:
         return self._sync(self.manager.terminate, uid)
 
-    def catalog(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    def catalog(self, query: str | None = None, **filters: Any) -> Rows:
         return self._sync(lambda: self.manager.catalog(query, **filters))
 
     def cluster_info(self) -> dict[str, Any]:
         return self._sync(self.manager.cluster)
 
-    def engines(self, name: str) -> list[dict[str, Any]]:
+    def engines(self, name: str) -> Rows:
         """Which engines can serve catalog model ``name``, per format and size."""
         return self._sync(self.manager.engines, name)
 
-    def replica_info(self, uid: str) -> list[dict[str, Any]]:
+    def scale(self, uid: str, replicas: int) -> ModelInfo:
+        """Add or remove replicas of a running model (answers at once; new ones launch)."""
+        return self._sync(self.manager.scale, uid, replicas)
+
+    def register(self, family: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+        """Add a model family to the catalog (a custom entry, kept under ``$XNB_HOME/catalog``)."""
+        return self._sync(lambda: self.manager.register(family, overwrite=overwrite))
+
+    def unregister(self, name: str) -> dict[str, Any]:
+        """Remove a custom catalog entry."""
+        return self._sync(self.manager.unregister, name)
+
+    def cached(self) -> dict[str, Rows]:
+        """Model files cached on each worker."""
+        return self._sync(self.manager.cached)
+
+    def replica_info(self, uid: str) -> Rows:
         """Each ready replica's status and counters."""
         return self._sync(self.manager.replica_info, uid)
 

@@ -25,7 +25,7 @@ speak these types:
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,7 +33,11 @@ from xnb.errors import InvalidRequest, XnbError, error_from_dict
 
 __all__ = [
     "LaunchOptions",
+    "OptionSpec",
+    "launch_option_specs",
+    "parse_pairs",
     "ModelStatus",
+    "ServerStatus",
     "ReplicaStatus",
     "ModelInfo",
     "ReplicaInfo",
@@ -64,7 +68,7 @@ class LaunchOptions(BaseModel):
     model: str = Field(description="catalog name, e.g. smollm2-135m-instruct")
     uid: str | None = Field(default=None, description="name of the running model (default: the catalog name)")
     engine: str | None = Field(default=None, description="engine, e.g. llama-cpp (default: the catalog's choice)")
-    format: str | None = Field(default=None, description="weight format, e.g. gguf or safetensors")
+    format: str | None = Field(default=None, description="weights format: gguf, pytorch (none: test engines)")
     size: str | None = Field(default=None, description="model size, e.g. 135m")
     quantization: str | None = Field(default=None, description="quantization, e.g. q4_k_m")
     replicas: int = Field(default=1, ge=1, le=64, description="number of replicas")
@@ -82,6 +86,59 @@ class LaunchOptions(BaseModel):
     def options(self) -> dict[str, Any]:
         """The options that were set, without ``model`` (keyword arguments for a launch)."""
         return self.model_dump(exclude={"model"}, exclude_none=True)
+
+
+class OptionSpec(NamedTuple):
+    """How a front end spells one :class:`LaunchOptions` field (CLI flag, ``%xnb`` option,
+    panel field): all are derived from the model by :func:`launch_option_specs`."""
+
+    name: str  # the field name (the REST body's key, the keyword of Client.launch)
+    flags: tuple[str, ...]  # "--kebab-name" first, then short aliases
+    type: type  # of one value: str, int or float
+    multiple: bool  # a list field: the flag repeats
+    mapping: bool  # a dict field: KEY=VALUE pairs (JSON values allowed)
+    choices: tuple[str, ...] | None
+    default: Any
+    help: str
+
+
+#: Flags that read better than the field name (repeatable ones in the singular), and short aliases.
+_FLAG_NAMES = {"workers": "--worker", "engine_options": "--option"}
+_SHORT_FLAGS = {"quantization": "-q", "engine_options": "-o"}
+
+
+def launch_option_specs() -> list[OptionSpec]:
+    """Every :class:`LaunchOptions` field except ``model`` (a positional argument everywhere)."""
+    specs = []
+    for name, field in LaunchOptions.model_fields.items():
+        if name == "model":
+            continue
+        annotation = str(field.annotation)
+        multiple = annotation.startswith("list[")
+        mapping = annotation.startswith("dict[")
+        choices = tuple(get_args(field.annotation)) if get_origin(field.annotation) is Literal else None
+        kind: type = int if "int" in annotation and not mapping else float if "float" in annotation else str
+        flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        flags = (flag, _SHORT_FLAGS[name]) if name in _SHORT_FLAGS else (flag,)
+        specs.append(OptionSpec(name, flags, kind, multiple, mapping, choices, field.default,
+                                field.description or name))
+    return specs
+
+
+def parse_pairs(items: list[str] | tuple[str, ...], flag: str = "--option") -> dict[str, Any] | None:
+    """``KEY=VALUE`` strings as a dict (values parsed as JSON when they are JSON)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise InvalidRequest(f"{flag} {item!r} is not KEY=VALUE", param=flag)
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out or None
 
 
 def validate(model_cls: type[M], data: Any) -> M:
@@ -205,6 +262,16 @@ class ModelStatus(StrEnum):
         return cls(info["status"]).serving and not any(
             ReplicaStatus(r["status"]).launching for r in info["replicas"]
         )
+
+
+class ServerStatus(StrEnum):
+    """The Jupyter server extension's own state (``{base_url}xnb/api/status``)."""
+
+    STARTING = "starting"
+    READY = "ready"
+    ERROR = "error"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 # -- records -------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Management routes (``/xnb/v1/...``; admin key): models, catalog, cluster.
+"""Management routes (``/api/...``; admin key): models, catalog, cluster.
+
+The one management implementation: the Jupyter server extension serves the same
+routes at ``{base_url}xnb/api/...`` by proxying here.
 
 Thin: each route validates its input and calls one
 :class:`~xnb.manager.ModelManager` method.  Launch answers 202 with the model's
@@ -8,7 +11,7 @@ change, which is how clients show download → load → ready progress.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -17,32 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from xnb.api.openai import read_json
 from xnb.manager import ModelManager
 from xnb.openai.requests import parse_request
+from xnb.protocol import LaunchOptions, ModelInfo
 
-__all__ = ["router", "LaunchBody"]
+__all__ = ["router", "PREFIX", "LaunchBody"]
 
-router = APIRouter(prefix="/xnb/v1", tags=["management"])
+PREFIX = "/api"
+router = APIRouter(prefix=PREFIX, tags=["management"])
 
-
-class LaunchBody(BaseModel):
-    """What ``POST /xnb/v1/models`` accepts (the same options as ``xnb launch``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="catalog name, e.g. smollm2-135m-instruct")
-    uid: str | None = None
-    engine: str | None = None
-    format: str | None = None
-    size: str | None = None
-    quantization: str | None = None
-    replicas: int = Field(default=1, ge=1, le=64)
-    engine_options: dict[str, Any] | None = None
-    workers: list[str] | None = None
-    gpu_idx: list[int] | None = None
-    gpus: int | None = Field(default=None, ge=0)
-    max_queue: int | None = Field(default=None, ge=0)
-    restart: Literal["never", "on-failure"] = "never"
-    max_restarts: int = Field(default=3, ge=0, le=100)
-    keep_alive: float | None = Field(default=None, gt=0, description="unload after this many idle seconds")
+#: What ``POST /api/models`` accepts: :class:`xnb.protocol.LaunchOptions`, as everywhere.
+LaunchBody = LaunchOptions
 
 
 class ScaleBody(BaseModel):
@@ -60,8 +46,15 @@ def _manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def _with_url(request: Request, record: dict[str, Any]) -> dict[str, Any]:
-    return {**record, "status_url": str(request.url_for("describe_model", uid=record["uid"]))}
+def _with_url(request: Request, record: ModelInfo) -> dict[str, Any]:
+    """The record with its status URL; behind the Jupyter proxy (``X-Forwarded-Prefix``)
+    the URL the caller used (``{base_url}xnb/api/models/UID``)."""
+    prefix = request.headers.get("x-forwarded-prefix")
+    if prefix:
+        url = f"{prefix.rstrip('/')}{PREFIX}/models/{record['uid']}"
+    else:
+        url = str(request.url_for("describe_model", uid=record["uid"]))
+    return {**record, "status_url": url}
 
 
 @router.get("/models")
@@ -71,8 +64,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.post("/models", status_code=202)
 async def launch_model(request: Request) -> JSONResponse:
-    body = parse_request(LaunchBody, await read_json(request))
-    record = await _manager(request).launch(**body.model_dump(exclude_none=True))
+    body = parse_request(LaunchOptions, await read_json(request))
+    record = await _manager(request).launch(body)
     out = _with_url(request, record)
     return JSONResponse(out, status_code=202, headers={"Location": out["status_url"]})
 

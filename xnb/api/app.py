@@ -21,7 +21,7 @@ from xnb.api import admin, openai
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
-from xnb.runtime.cluster import ensure_supervisor_async, find_running_cluster, security_for
+from xnb.runtime.cluster import find_running_cluster, open_dask
 from xnb.errors import ClusterUnavailable, XnbError
 from xnb.manager import ModelManager
 from xnb.settings import XnbSettings
@@ -37,17 +37,13 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from distributed import Client
-
         address = scheduler_address or find_running_cluster(settings)
         if address is None:
             raise ClusterUnavailable(
                 "no scheduler to serve: pass --scheduler ADDRESS (XNB_SCHEDULER_ADDRESS) "
                 "or start a cluster with `xnb local`"
             )
-        dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False,
-                            security=security_for(settings, address))
-        await ensure_supervisor_async(dask)
+        dask = await open_dask(address, settings, asynchronous=True)
         app.state.dask = dask
         app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s)
         logger.info("xnb sidecar serving scheduler %s", address)

@@ -2,7 +2,7 @@
 
 Auth is enforced by middleware for *every* path, so no route (FastAPI's docs
 included) can be added unprotected by mistake; only ``/health`` is open.
-Management paths (``/xnb/v1/...``) need an admin key; everything else needs
+Management paths (``/api/...``) need an admin key; everything else needs
 an inference key (admin keys work there too).  Keys are compared in
 constant time.
 """
@@ -19,7 +19,7 @@ from xnb.settings import XnbSettings
 __all__ = ["KeyStore", "AuthMiddleware", "HostGuardMiddleware", "required_scope", "OPEN_PATHS"]
 
 OPEN_PATHS = frozenset({"/health"})
-ADMIN_PREFIX = "/xnb/v1"
+ADMIN_PREFIX = "/api"
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 

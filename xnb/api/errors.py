@@ -57,7 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
         kind, code = _HTTP_TYPES.get(exc.status_code, ("server_error", "http_error"))
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see /v1/models and /xnb/v1/models"
+            message = f"no route {request.method} {request.url.path}; see /v1/models and /api/models"
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from xnb.protocol import ModelStatus, ReplicaStatus
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -91,14 +92,14 @@ class Metrics:
         self.models.clear()
         self.replicas.clear()
         self.queue_depth.clear()
-        for status in ("launching", "downloading", "loading", "ready", "degraded", "error", "lost", "terminating"):
-            self.models.labels(status).set(0)
+        for status in ModelStatus:
+            self.models.labels(status.value).set(0)
         for record in records:
             self.models.labels(record["status"]).inc()
             for replica in record["replicas"]:
-                if replica["status"] not in ("lost", "error", "stopped"):
+                if ReplicaStatus(replica["status"]).live:
                     self.replicas.labels(replica["worker"]).inc()
-            if record["status"] in ("ready", "degraded"):
+            if ModelStatus(record["status"]).serving:
                 infos = await manager.replica_info(record["uid"])
                 self.queue_depth.labels(record["uid"]).set(sum(i.get("inflight", 0) for i in infos))
 

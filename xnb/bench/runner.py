@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from xnb.protocol import ModelStatus
 from xnb.bench.data import BenchError, Prompt, warmup_prompt
 from xnb.bench.stats import RequestResult, summarize
 
@@ -133,7 +134,7 @@ async def discover_model(base_url: str, api_key: str | None = None, *, timeout: 
     data = resp.json().get("data") or []
     # xnb lists its models' abilities and status: prefer a ready one that can chat.
     chat = [m for m in data if "chat" in (m.get("xnb") or {}).get("abilities", ["chat"])
-            and (m.get("xnb") or {}).get("status", "ready") in ("ready", "degraded")]
+            and ModelStatus((m.get("xnb") or {}).get("status", ModelStatus.READY)).serving]
     if not (chat or data):
         raise BenchError(f"{config.root} serves no models; pass --model or launch one")
     return str((chat or data)[0]["id"])

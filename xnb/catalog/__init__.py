@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import importlib.resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ def validation_message(exc: ValidationError) -> str:
 def load_builtin_families() -> list[ModelFamily]:
     """Every family JSON shipped in ``xnb/catalog/families``."""
     out = []
-    for entry in sorted(importlib.resources.files("xnb.catalog").joinpath("families").iterdir(), key=lambda p: p.name):
+    # (not `files`: that name is the submodule xnb.catalog.files once it is imported)
+    for entry in sorted(resources.files("xnb.catalog").joinpath("families").iterdir(), key=lambda p: p.name):
         if not entry.name.endswith(".json"):
             continue
         data = json.loads(entry.read_text())

@@ -21,12 +21,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Callable, Union
 
 from xnb.catalog.schema import ConvertedSource, HubSource, LaunchSpec, LocalSource, PackageSource
 from xnb.errors import InvalidRequest, LaunchFailed
+from xnb.protocol import ReplicaStatus
 
 __all__ = ["DEFAULT_ALLOW_PATTERNS", "ResolvedFiles", "cached_models", "package_path",
            "resolve_files"]
@@ -205,6 +206,8 @@ def _package_folders(module: str) -> list[Path] | None:
 
 def _model_files(path: Path, spec: LaunchSpec, what: str) -> _Found:
     """Check ``path`` has the shape the spec's format needs; gather split GGUF parts."""
+    if spec.format == "none":  # no weights (the echo test engine): any existing path will do
+        return _Found(path, [])
     if spec.format == "pytorch":
         if not path.is_dir():
             raise _Unavailable(f"{what}: {path} is a file, but a pytorch model needs a folder")
@@ -433,7 +436,7 @@ class _Progress:
             if (total is not None and done >= total) or now - self._last_time >= _EMIT_EVERY_S or (
                     total and done - self._last_done >= total * _EMIT_EVERY_FRACTION):
                 self._last_done, self._last_time = done, now
-                self.emit({"phase": "downloading", "file": self.label, "downloaded": done,
+                self.emit({"phase": ReplicaStatus.DOWNLOADING.value, "file": self.label, "downloaded": done,
                            "total": total})
 
 
@@ -443,7 +446,7 @@ def _record(cache_dir: Path, spec: LaunchSpec, source: AnySource, found: _Found,
         "model_name": spec.model_name, "format": spec.format, "size": spec.size,
         "quantization": spec.quantization, "source": source.model_dump(exclude_none=True),
         "path": str(found.path), "files": [str(f) for f in found.files], "size_bytes": size,
-        "last_used": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "last_used": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     key = _entry_key(entry)
     try:

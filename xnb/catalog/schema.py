@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 Ability = Literal["chat", "generate", "embed", "rerank"]
-Format = Literal["gguf", "pytorch"]
+#: Weight formats; "none": an engine that needs no weights (the echo test engine).
+Format = Literal["gguf", "pytorch", "none"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([mb])$")
@@ -116,10 +117,6 @@ class ModelSpec(_Strict):
     def _size_shape(cls, v: str) -> str:
         size_to_billions(v)
         return v.lower()
-
-    @property
-    def size_in_billions(self) -> float:
-        return size_to_billions(self.size)
 
 
 class ModelFamily(_Strict):

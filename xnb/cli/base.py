@@ -13,10 +13,12 @@ from typing import Any, Callable
 import click
 
 from xnb.errors import XnbError
+from xnb.protocol import launch_option_specs, parse_pairs
 from xnb.runtime.registry import progress_line
 from xnb.settings import XnbSettings
 
-__all__ = ["cli", "settings_options", "make_settings", "connect_client", "launch_model", "progress_printer", "scheduler_option", "echo_json", "table"]
+__all__ = ["cli", "settings_options", "make_settings", "connect_client", "launch_model", "launch_options",
+           "launch_kwargs", "progress_printer", "scheduler_option", "echo_json", "table"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,52 +144,41 @@ def progress_printer(uid: str) -> Callable[[dict[str, Any]], None]:
 
 
 def launch_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option("--uid", help="name to serve the model under (default: NAME-<random>)"),
-        click.option("--engine", help="engine (see `xnb engines NAME`)"),
-        click.option("--format", "fmt", type=click.Choice(["gguf", "pytorch"]), help="weights format"),
-        click.option("--size", help="model size, e.g. 0.5b"),
-        click.option("--quantization", "-q", help="quantization, e.g. Q4_K_M"),
-        click.option("--replicas", type=int, default=1, show_default=True, help="replicas to start"),
-        click.option("--worker", "workers", multiple=True, help="pin to this worker (repeatable)"),
-        click.option("--gpus", type=click.IntRange(min=0),
-                     help="GPUs per replica (default: what the engine needs; llama.cpp: 0, vLLM: 1)"),
-        click.option("--gpu-idx", "gpu_idx", type=int, multiple=True, help="pin to these GPU indices"),
-        click.option("--max-queue", type=int, help="requests a replica queues before answering 429"),
-        click.option("--restart", type=click.Choice(["never", "on-failure"]), default="never",
-                     show_default=True, help="relaunch replicas lost with their worker"),
-        click.option("--keep-alive", type=float, metavar="SECONDS",
-                     help="unload the model after this many idle seconds; reload on the next request"),
-        click.option("--option", "-o", "engine_option", multiple=True, metavar="KEY=VALUE",
-                     help="engine option, e.g. -o max_num_seqs=8 (JSON values allowed)"),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
+    """The flags of ``xnb launch``: one per :class:`xnb.protocol.LaunchOptions` field.
+    Values are checked by LaunchOptions itself (the same error as the REST API)."""
+    for spec in reversed(launch_option_specs()):
+        kwargs: dict[str, Any] = {"help": spec.help}
+        if spec.mapping:
+            kwargs.update(multiple=True, metavar="KEY=VALUE")
+            kwargs["help"] += " (repeatable KEY=VALUE, JSON values allowed)"
+        elif spec.multiple:
+            kwargs.update(multiple=True, type=spec.type)
+            kwargs["help"] += " (repeatable)"
+        elif spec.choices:
+            kwargs.update(type=click.Choice(list(spec.choices)), default=spec.default, show_default=True)
+        else:
+            kwargs.update(type=spec.type)
+            if spec.default is not None:
+                kwargs.update(default=spec.default, show_default=True)
+        fn = click.option(*spec.flags, spec.name, **kwargs)(fn)
     return fn
 
 
-def _parse_engine_options(items: tuple[str, ...]) -> dict[str, Any] | None:
+def launch_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """Parsed ``launch_options`` flags as :class:`LaunchOptions` fields (unset ones left out)."""
     out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--option")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out or None
+    for spec in launch_option_specs():
+        value = kw.get(spec.name)
+        if spec.mapping:
+            value = parse_pairs(tuple(value or ()), spec.flags[0])
+        elif spec.multiple:
+            value = list(value or ()) or None
+        if value is not None:
+            out[spec.name] = value
+    return out
 
 
 def launch_model(client: Any, name: str, *, quiet: bool = False, **kw: Any) -> Any:
-    options = {
-        "uid": kw.get("uid"), "engine": kw.get("engine"), "format": kw.get("fmt"), "size": kw.get("size"),
-        "quantization": kw.get("quantization"), "replicas": kw.get("replicas", 1),
-        "workers": list(kw.get("workers") or []) or None, "gpu_idx": list(kw.get("gpu_idx") or []) or None,
-        "gpus": kw.get("gpus"), "max_queue": kw.get("max_queue"), "restart": kw.get("restart", "never"),
-        "keep_alive": kw.get("keep_alive"),
-        "engine_options": _parse_engine_options(tuple(kw.get("engine_option") or ())),
-    }
-    model = client.launch(name, wait=False, **options)
+    model = client.launch(name, wait=False, **launch_kwargs(kw))
     model.wait(on_progress=None if quiet else progress_printer(model.uid))
     return model

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from xnb.protocol import ModelStatus
+
 from xnb.cli.base import (
     cli,
     connect_client,
@@ -79,8 +81,9 @@ def terminate(uid: str, scheduler_address: str | None) -> None:
 def scale(uid: str, replicas: int, scheduler_address: str | None) -> None:
     """Scale model UID to REPLICAS replicas."""
     with connect_client(scheduler_address) as client:
-        record = client._sync(client.manager.scale, uid, replicas)
-        record = client.get(uid).wait(on_progress=progress_printer(uid)).record if record["status"] != "ready" else record
+        record = client.scale(uid, replicas)
+        if not ModelStatus.settled(record):
+            record = client.get(uid).wait(on_progress=progress_printer(uid)).record
     click.echo(f"{uid}: {record['replicas_ready']}/{len(record['replicas'])} replicas ready")
 
 
@@ -186,7 +189,7 @@ def register(file: Path, overwrite: bool, scheduler_address: str | None) -> None
     except ValueError as exc:
         raise click.ClickException(f"{file} is not valid JSON: {exc}") from None
     with connect_client(scheduler_address) as client:
-        row = client._sync(lambda: client.manager.register(family, overwrite=overwrite))
+        row = client.register(family, overwrite=overwrite)
     click.echo(f"registered {row['name']}")
 
 
@@ -196,7 +199,7 @@ def register(file: Path, overwrite: bool, scheduler_address: str | None) -> None
 def unregister(name: str, scheduler_address: str | None) -> None:
     """Remove custom model NAME from the catalog."""
     with connect_client(scheduler_address) as client:
-        client._sync(client.manager.unregister, name)
+        client.unregister(name)
     click.echo(f"unregistered {name}")
 
 
@@ -206,7 +209,7 @@ def unregister(name: str, scheduler_address: str | None) -> None:
 def engines(name: str, scheduler_address: str | None) -> None:
     """Which engines can serve catalog model NAME, per format and size."""
     with connect_client(scheduler_address) as client:
-        rows = client._sync(client.manager.engines, name)
+        rows = client.engines(name)
     table([[r["engine"], r["format"], r["size"], ",".join(r["quantizations"]),
              "yes" if r["requires_gpu"] else ""] for r in rows],
            ["ENGINE", "FORMAT", "SIZE", "QUANTIZATIONS", "GPU"])
@@ -218,7 +221,7 @@ def engines(name: str, scheduler_address: str | None) -> None:
 def cached(as_json: bool, scheduler_address: str | None) -> None:
     """Model files cached on each worker."""
     with connect_client(scheduler_address) as client:
-        by_worker = client._sync(client.manager.cached)
+        by_worker = client.cached()
     if as_json:
         return echo_json(by_worker)
     rows = [[w, e["model_name"], e.get("quantization", ""), f"{e['size_bytes'] / 1e6:.0f} MB", e["path"]]

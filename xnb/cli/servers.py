@@ -54,7 +54,7 @@ def local(launch_names: tuple[str, ...], api: bool, **flags: Any) -> None:
         if cluster.dashboard_link and settings.dashboard:
             click.echo(f"Dask dashboard: {cluster.dashboard_link}")
         if api:
-            click.echo(f"OpenAI-compatible API: {api_url}/v1   (management: {api_url}/xnb/v1)")
+            click.echo(f"OpenAI-compatible API: {api_url}/v1   (management: {api_url}/api)")
             run_sidecar(settings, scheduler_address=address)
         else:
             click.echo("Press Ctrl-C to stop.")

@@ -41,6 +41,7 @@ __all__ = [
     "FinishReason",
     "Delta",
     "TokenLogprob",
+    "Prompt",
 ]
 
 if TYPE_CHECKING:
@@ -118,6 +119,16 @@ class GenerateRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=16)
     echo: bool = False
     params: SamplingParams = Field(default_factory=SamplingParams)
+
+
+@dataclass
+class Prompt:
+    """A request made ready by :meth:`Engine.prepare`: checked, rendered, tokenized."""
+
+    text: str
+    ids: list[int] | None  # None: the engine tokenizes inside its own library (vLLM)
+    stops: list[str]  # the request's stop strings, then the model's
+    max_new: int | None  # tokens left for the answer (None: the engine decides)
 
 
 @dataclass
@@ -288,6 +299,8 @@ class Engine(ABC):
         self.model_path = model_path
         self.options = options
         self.resources = resources
+        #: Longest sequence (prompt + answer) in tokens, set by ``load()``; 0: not known.
+        self.max_len = 0
 
     # -- what the catalog and the CLI ask ------------------------------------
 
@@ -367,11 +380,47 @@ class Engine(ABC):
 
     # -- serving -----------------------------------------------------------------
 
+    def tokenize(self, text: str, request: GenerateRequest) -> list[int] | None:
+        """The prompt's token ids (``None``: the engine's library tokenizes later)."""
+        return None
+
+    #: What to suggest when a prompt does not fit (appended to the 400's message).
+    context_hint: ClassVar[str] = "shorten it"
+
+    def prepare(self, request: GenerateRequest) -> Prompt:
+        """The checks every generation passes, once, before anything streams (400s):
+        parameters this engine cannot honour, an empty prompt, a prompt longer than
+        the context; then the rendered text, its tokens and the stop strings."""
+        if not self.abilities & {"chat", "generate"}:
+            raise UnsupportedParameter(f"engine {self.name!r} does not generate text", param="model")
+        self.check_params(request)
+        text = self.prompt_text(request)
+        ids = self.tokenize(text, request)
+        param = "messages" if request.kind == "chat" else "prompt"
+        if not (text if ids is None else ids):
+            raise InvalidRequest("the prompt is empty", param=param)
+        max_new = request.params.max_tokens
+        if ids is not None and self.max_len:
+            if len(ids) >= self.max_len:
+                raise InvalidRequest(
+                    f"this model's context holds {self.max_len} tokens, but the prompt has "
+                    f"{len(ids)}; {self.context_hint}",
+                    param=param,
+                )
+            room = self.max_len - len(ids)
+            max_new = min(max_new or room, room)
+        stops = list(dict.fromkeys([*request.params.stop, *self.spec.stop]))
+        return Prompt(text=text, ids=ids, stops=stops, max_new=max_new)
+
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        """Start a generation; returns at once, output goes to ``sink``."""
-        raise UnsupportedParameter(
-            f"engine {self.name!r} does not generate text", param="model"
-        )
+        """Check and start a generation (what the model actor calls); returns at once,
+        output goes to ``sink``.  Raises the 400s of :meth:`prepare`."""
+        self.start(request, self.prepare(request), sink)
+
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        """Start a prepared generation; returns at once, output goes to ``sink``.
+        Engines that generate text implement this."""
+        raise UnsupportedParameter(f"engine {self.name!r} does not generate text", param="model")
 
     def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
         """Embed texts (blocking; runs on a thread of the actor); ``normalize=None``:
@@ -390,7 +439,7 @@ class Engine(ABC):
 class ThreadedEngine(Engine):
     """Helper base for engines that serve one request per thread.
 
-    Subclasses implement :meth:`generate` (blocking); :meth:`submit` runs it on
+    Subclasses implement :meth:`generate` (blocking); :meth:`start` runs it on
     a pool of ``max_concurrency`` threads owned by the engine.
     """
 
@@ -405,12 +454,12 @@ class ThreadedEngine(Engine):
             )
         return self._pool
 
-    def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        self._ensure_pool().submit(self._run, request, sink)
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        self._ensure_pool().submit(self._run, request, prompt, sink)
 
-    def _run(self, request: GenerateRequest, sink: Sink) -> None:
+    def _run(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
         try:
-            self.generate(request, sink)
+            self.generate(request, prompt, sink)
         except XnbError as exc:
             sink.fail(exc)
         except Exception as exc:  # engine bug or library failure: keep the model up
@@ -418,8 +467,8 @@ class ThreadedEngine(Engine):
             sink.fail(EngineError(f"the {self.name} engine failed: {type(exc).__name__}"))
 
     @abstractmethod
-    def generate(self, request: GenerateRequest, sink: Sink) -> None:
-        """Serve one request to completion, writing into ``sink``."""
+    def generate(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        """Serve one prepared request to completion, writing into ``sink``."""
 
     def unload(self) -> None:
         if self._pool is not None:

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -121,7 +121,6 @@ class BatchScheduler:
         n_batch: int,
         prefill_chunk: int | None = 64,
         prefix_cache: bool = True,
-        on_step: Callable[[int, int], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.vocab = vocab
@@ -136,7 +135,6 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._on_step = on_step
         self._ctx_lock = threading.Lock()
         self.counters = {
             "steps": 0,
@@ -189,12 +187,6 @@ class BatchScheduler:
                 cached += cells
         return {"kv_cells_active": active, "kv_cells_cached": cached}
 
-    def clear_cache(self) -> None:
-        """Drop the prefix cache of idle slots (their KV cells return to llama.cpp)."""
-        with self._cond:
-            self._clear_cache_pending = True
-            self._cond.notify()
-
     def stats(self) -> dict[str, Any]:
         running = sum(1 for s in self.slots if s.seq is not None)
         return {
@@ -208,8 +200,6 @@ class BatchScheduler:
 
     # -- the loop -------------------------------------------------------------------------
 
-    _clear_cache_pending = False
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -217,7 +207,6 @@ class BatchScheduler:
                     not self._closed
                     and not self._incoming
                     and not self.waiting
-                    and not self._clear_cache_pending
                     and all(s.seq is None for s in self.slots)
                 ):
                     self._cond.wait()
@@ -225,13 +214,6 @@ class BatchScheduler:
                     break
                 self.waiting.extend(self._incoming)
                 self._incoming.clear()
-                clear = self._clear_cache_pending
-                self._clear_cache_pending = False
-            if clear:
-                for slot in self.slots:
-                    if slot.seq is None and slot.cached:
-                        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                        slot.cached = []
             try:
                 with self._ctx_lock:
                     self._step()
@@ -256,8 +238,6 @@ class BatchScheduler:
             self.counters["steps"] += 1
             self.counters["tokens_decoded"] += self._batch.n_tokens
             self.counters["max_batch_seqs"] = max(self.counters["max_batch_seqs"], len(entries))
-            if self._on_step is not None:
-                self._on_step(len(entries), self._batch.n_tokens)
             for seq, count, out_index in entries:
                 seq.n_past += count
                 if out_index >= 0:

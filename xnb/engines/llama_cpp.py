@@ -23,6 +23,7 @@ from xnb.engines.base import (
     BASE_PARAMS,
     EmbedResult,
     Engine,
+    Prompt,
     EngineOptions,
     GenerateRequest,
     Sink,
@@ -125,6 +126,16 @@ class LlamaCppEngine(Engine):
 
     options: LlamaCppOptions
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Native handles, set by load() and freed by unload().
+        self._model: Any = None
+        self._ctx: Any = None
+        self._embed_ctx: Any = None
+        self._embed_lock = threading.Lock()
+        self.scheduler: Any = None  # llama_batch.BatchScheduler once loaded
+        self._max_num_seqs = 0  # chosen by load()
+
     def load(self) -> dict[str, Any]:
         _init_backend()
         import llama_cpp
@@ -209,8 +220,6 @@ class LlamaCppEngine(Engine):
             prefill_chunk=opts.prefill_chunk,
             prefix_cache=opts.prefix_cache,
         )
-        self._embed_ctx: Any = None
-        self._embed_lock = threading.Lock()
         return {
             "n_ctx": self.n_ctx,
             "threads": threads,
@@ -238,21 +247,21 @@ class LlamaCppEngine(Engine):
 
     @property
     def max_concurrency(self) -> int:
-        return getattr(self, "_max_num_seqs", None) or self.options.max_num_seqs or 1
+        return self._max_num_seqs or self.options.max_num_seqs or 1
 
     def unload(self) -> None:
         import llama_cpp
 
-        if getattr(self, "scheduler", None) is not None:
+        if self.scheduler is not None:
             self.scheduler.close()
             self.scheduler = None
-        if getattr(self, "_embed_ctx", None):
+        if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)
             self._embed_ctx = None
-        if getattr(self, "_ctx", None):
+        if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
-        if getattr(self, "_model", None):
+        if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
@@ -263,30 +272,31 @@ class LlamaCppEngine(Engine):
         add_bos = self.vocab.add_bos and not (bos_text and text.startswith(bos_text))
         return self.vocab.tokenize(text, add_special=add_bos, parse_special=True)
 
+    context_hint = "shorten it or launch with a larger n_ctx"
+
+    def tokenize(self, text: str, request: GenerateRequest) -> list[int]:
+        return self.tokenize_prompt(text)
+
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
+        # tool_choice "auto" on a model that over-calls tools: decide here, once, for both steps.
+        if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
+            request = request.model_copy(update={"tool_choice": auto_choice(request.messages or [], request.tools)})
+        super().submit(request, sink)
+
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
         from xnb.engines.llama_batch import Sequence, SequenceGroup
         from xnb.engines.llama_native import build_sampler, is_plain_greedy
 
-        self.check_params(request)
-        if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
-            request = request.model_copy(update={"tool_choice": auto_choice(request.messages or [], request.tools)})
-        text = self.prompt_text(request)
-        tokens = self.tokenize_prompt(text)
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        if len(tokens) >= self.max_len:
-            raise InvalidRequest(
-                f"this model's context holds {self.max_len} tokens, but the prompt has "
-                f"{len(tokens)}; shorten it or launch with a larger n_ctx",
-                param="messages" if request.kind == "chat" else "prompt",
-            )
+        text = prompt.text
+        assert prompt.ids is not None
+        tokens = prompt.ids
         params = request.params
         if request.tools:
             grammar = tools_grammar(request.tools, request.tool_choice, request.parallel_tool_calls)
         else:
             grammar = self._grammar(params.grammar, params.json_schema)
         group = SequenceGroup(sink, request.n, len(tokens))
-        stops = list(dict.fromkeys([*params.stop, *self.spec.stop]))
+        stops = prompt.stops
         seqs = []
         for i in range(request.n):
             p = params if params.seed is None or i == 0 else params.model_copy(update={"seed": params.seed + i})
@@ -391,4 +401,4 @@ class LlamaCppEngine(Engine):
         return self._embed_ctx
 
     def stats(self) -> dict[str, Any]:
-        return self.scheduler.stats() if getattr(self, "scheduler", None) else {}
+        return self.scheduler.stats() if self.scheduler is not None else {}

@@ -84,9 +84,6 @@ class Vocab:
         self._pieces[token] = out
         return out
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
-
     def token_text(self, token: int) -> str:
         raw = llama_cpp.llama_vocab_get_text(self.ptr, token)
         return raw.decode("utf-8", errors="replace") if raw else ""

@@ -57,6 +57,13 @@ class SentenceTransformersEngine(Engine):
 
     options: SentenceTransformersOptions
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: Any = None  # set by load()
+        self._device = "cpu"
+        self._prompt: str | None = None
+        self._requests = self._texts = self._tokens = 0
+
     def load(self) -> dict[str, Any]:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -108,8 +115,7 @@ class SentenceTransformersEngine(Engine):
         }
 
     def unload(self) -> None:
-        model = getattr(self, "_model", None)
-        self._model = None
+        model, self._model = self._model, None
         if model is not None and self._device.startswith("cuda"):
             import torch
 
@@ -118,7 +124,7 @@ class SentenceTransformersEngine(Engine):
 
     def embed(self, texts: list[str], *, normalize: bool | None = None) -> EmbedResult:
         """Embed ``texts``; ``normalize=None`` uses the launch option ``normalize``."""
-        model = getattr(self, "_model", None)
+        model = self._model
         if model is None:
             raise InvalidRequest(f"{self.spec.model_name!r} is not loaded", param="model")
         if not all(isinstance(t, str) for t in texts):
@@ -157,9 +163,9 @@ class SentenceTransformersEngine(Engine):
 
     def stats(self) -> dict[str, Any]:
         return {
-            "requests": getattr(self, "_requests", 0),
-            "texts": getattr(self, "_texts", 0),
-            "prompt_tokens": getattr(self, "_tokens", 0),
+            "requests": self._requests,
+            "texts": self._texts,
+            "prompt_tokens": self._tokens,
         }
 
 

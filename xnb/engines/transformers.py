@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -30,6 +29,7 @@ from xnb.engines.base import (
     Engine,
     EngineOptions,
     GenerateRequest,
+    Prompt,
     Sink,
     StopChecker,
 )
@@ -63,15 +63,6 @@ class TransformersOptions(EngineOptions):
         default=None, description="override the catalog's and the tokenizer's chat template")
 
 
-@dataclass
-class _Prompt:
-    """A request's prompt, rendered and tokenized (done in ``submit`` so errors are 400s)."""
-
-    text: str
-    ids: list[int]
-    max_new: int
-
-
 class TransformersEngine(Engine):
     name = "transformers"
     abilities = frozenset({"chat", "generate"})
@@ -83,6 +74,13 @@ class TransformersEngine(Engine):
     Options = TransformersOptions
 
     options: TransformersOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: Any = None  # set by load()
+        self._tokenizer: Any = None
+        self.scheduler: Any = None  # transformers_batch.TorchBatchScheduler once loaded
+        self._max_num_seqs = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -222,23 +220,20 @@ class TransformersEngine(Engine):
 
     @property
     def max_concurrency(self) -> int:
-        return getattr(self, "_max_num_seqs", None) or self.options.max_num_seqs or 1
+        return self._max_num_seqs or self.options.max_num_seqs or 1
 
     def unload(self) -> None:
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            scheduler.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
             self.scheduler = None
-        model = getattr(self, "_model", None)
-        self._model = None
+        model, self._model = self._model, None
         self._tokenizer = None
         if model is not None and model.device.type == "cuda":
             del model
             self._torch.cuda.empty_cache()
 
     def stats(self) -> dict[str, Any]:
-        scheduler = getattr(self, "scheduler", None)
-        return scheduler.stats() if scheduler is not None else {}
+        return self.scheduler.stats() if self.scheduler is not None else {}
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -253,43 +248,32 @@ class TransformersEngine(Engine):
             ids.insert(0, tokenizer.bos_token_id)
         return ids
 
-    def prepare(self, request: GenerateRequest) -> _Prompt:
-        """Render and tokenize; raises :class:`InvalidRequest` for prompts it cannot serve."""
-        text = self.prompt_text(request)
-        ids = self.tokenize_prompt(text, chat=request.kind == "chat")
-        param = "messages" if request.kind == "chat" else "prompt"
-        if not ids:
-            raise InvalidRequest("the prompt is empty", param=param)
-        if len(ids) >= self.max_len:
-            raise InvalidRequest(
-                f"this model's context holds {self.max_len} tokens, but the prompt has "
-                f"{len(ids)}; shorten it",
-                param=param,
-            )
-        room = self.max_len - len(ids)
-        max_new = min(request.params.max_tokens or room, room)
+    def tokenize(self, text: str, request: GenerateRequest) -> list[int]:
+        return self.tokenize_prompt(text, chat=request.kind == "chat")
+
+    def prepare(self, request: GenerateRequest) -> Prompt:
+        """The base checks, then this engine's own: logit_bias token ids must exist."""
+        prompt = super().prepare(request)
         bias = request.params.logit_bias or {}
         vocab = len(self._tokenizer)
         bad = [t for t in bias if not 0 <= int(t) < max(vocab, self._model.config.vocab_size)]
         if bad:
             raise InvalidRequest(f"logit_bias names unknown token ids: {bad[:5]}", param="logit_bias")
-        return _Prompt(text=text, ids=ids, max_new=max_new)
+        return prompt
 
     # -- generation ---------------------------------------------------------------------------
 
-    def submit(self, request: GenerateRequest, sink: Sink) -> None:
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
         from xnb.engines.transformers_batch import TorchSequence
 
-        # Refuse what cannot be served now, as a 400, before anything streams.
-        self.check_params(request)
-        prompt = self.prepare(request)
+        assert prompt.ids is not None and prompt.max_new is not None
         params = request.params
         if request.echo:
             sink.put(0, prompt.text)
         seq = TorchSequence(
             sink=sink, ids=list(prompt.ids), n_prompt=len(prompt.ids), max_new=prompt.max_new,
             sampler=Sampler(self._torch, params),
-            stop=StopChecker(list(dict.fromkeys([*params.stop, *self.spec.stop]))),
+            stop=StopChecker(prompt.stops),
             detok=IncrementalDetokenizer(self._tokenizer),
             eos=frozenset() if params.ignore_eos else self._eos,
             logprobs=(params.top_logprobs or 0) if params.logprobs else None,
@@ -299,5 +283,5 @@ class TransformersEngine(Engine):
 
     def abort(self, sink: Sink) -> None:
         sink.cancelled.set()
-        if getattr(self, "scheduler", None) is not None:
+        if self.scheduler is not None:
             self.scheduler.wake()

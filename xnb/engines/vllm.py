@@ -37,9 +37,11 @@ from xnb.engines.base import (
     Engine,
     EngineOptions,
     GenerateRequest,
+    Prompt,
     Sink,
 )
 from xnb.errors import EngineError, InvalidRequest, LaunchFailed, XnbError
+from xnb.openai.tools import auto_choice, call_schema
 
 __all__ = ["VllmEngine", "VllmOptions"]
 
@@ -84,6 +86,16 @@ class VllmEngine(Engine):
     Options = VllmOptions
 
     options: VllmOptions
+    context_hint = "shorten it or launch with a larger -o max_model_len"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine: Any = None  # vLLM's AsyncLLM, set by load()
+        self._tokenizer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._requests: dict[int, str] = {}  # id(sink) -> vLLM request id
+        self._counters = dict.fromkeys(("requests", "prompt_tokens", "tokens_generated", "aborted"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,21 +145,23 @@ class VllmEngine(Engine):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="xnb-vllm", daemon=True)
         self._thread.start()
-        self._requests: dict[int, str] = {}  # id(sink) -> vLLM request id
-        self._counters = dict.fromkeys(("requests", "prompt_tokens", "tokens_generated", "aborted"), 0)
         started = time.monotonic()
         self.report("loading", step="starting the vLLM engine (weights, KV cache, warm-up)")
 
         async def build() -> Any:
             return AsyncLLM.from_engine_args(args)
 
+        failure: LaunchFailed | None = None
         try:
             self._engine = asyncio.run_coroutine_threadsafe(build(), self._loop).result()
         except Exception as exc:  # vLLM's own message is the useful part
-            self._stop_loop()
-            raise LaunchFailed(f"vLLM could not start {self.spec.model_name}: "
-                               f"{type(exc).__name__}: {_vllm_reason(exc)}") from None
+            failure = LaunchFailed(f"vLLM could not start {self.spec.model_name}: "
+                                   f"{type(exc).__name__}: {_vllm_reason(exc)}")
+        if failure is not None:  # raised outside the handler: vLLM's exception (which may not
+            self._stop_loop()    # pickle) must not ride along as __context__ across Dask
+            raise failure
         config = self._engine.vllm_config
+        self._tokenizer = self._engine.get_tokenizer()
         self.report("loading", step="vLLM engine ready; loading the chat template")
         self.template, template_origin = self._chat_template()
         self.max_len = config.model_config.max_model_len
@@ -171,7 +185,7 @@ class VllmEngine(Engine):
     def _chat_template(self) -> tuple[Any, str | None]:
         from xnb.engines.chat_template import ChatTemplate
 
-        tokenizer = self._engine.get_tokenizer()
+        tokenizer = self._tokenizer
         if self.options.chat_template:
             source, origin = self.options.chat_template, "custom"
         elif self.spec.chat_template:
@@ -190,36 +204,42 @@ class VllmEngine(Engine):
         return self.options.max_num_seqs
 
     def unload(self) -> None:
-        engine, self._engine = getattr(self, "_engine", None), None
+        engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
         self._stop_loop()
 
     def _stop_loop(self) -> None:
-        loop = getattr(self, "_loop", None)
-        if loop is not None and loop.is_running():
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
-            self._thread.join(timeout=10)
+            thread.join(timeout=10)
 
     # -- serving ----------------------------------------------------------------------------
 
     def submit(self, request: GenerateRequest, sink: Sink) -> None:
-        from xnb.openai.tools import auto_choice
-
+        # tool_choice "auto" on a model that over-calls tools: decide once, before rendering.
         if request.tools and request.tool_choice == "auto" and self.spec.tool_auto == "relevance":
             request = request.model_copy(
                 update={"tool_choice": auto_choice(request.messages or [], request.tools)})
-        text = self.prompt_text(request)
-        params = self._sampling(request)
-        prompt: dict[str, Any] = {"prompt": text}
+        super().submit(request, sink)
+
+    def tokenize(self, text: str, request: GenerateRequest) -> list[int]:
+        """vLLM's tokenizer; a rendered chat prompt already holds its special tokens
+        (as in vLLM's own chat server), a completion prompt gets them added."""
+        return list(self._tokenizer.encode(text, add_special_tokens=request.kind == "completion"))
+
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        assert self._loop is not None and prompt.ids is not None
+        params = self._sampling(request, prompt)
         request_id = uuid.uuid4().hex
         self._requests[id(sink)] = request_id
         self._counters["requests"] += 1
-        tokenization = {"add_special_tokens": request.kind == "completion"}
         asyncio.run_coroutine_threadsafe(
-            self._generate(prompt, params, request_id, tokenization, request, text, sink), self._loop)
+            self._generate({"prompt_token_ids": prompt.ids}, params, request_id, request,
+                            prompt.text, sink), self._loop)
 
-    def _sampling(self, request: GenerateRequest) -> Any:
+    def _sampling(self, request: GenerateRequest, prompt: Prompt) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -231,17 +251,16 @@ class VllmEngine(Engine):
                 **({"json": json.dumps(schema)} if schema else {"json_object": True}))
         if p.logit_bias:
             kwargs["logit_bias"] = {int(k): float(v) for k, v in p.logit_bias.items()}
-        stops = list(dict.fromkeys([*p.stop, *self.spec.stop]))
         try:
             return SamplingParams(
                 n=request.n,
-                max_tokens=p.max_tokens or max(1, self.max_len),
+                max_tokens=prompt.max_new,
                 temperature=1.0 if p.temperature is None else p.temperature,
                 top_p=1.0 if p.top_p is None else p.top_p,
                 top_k=p.top_k or 0,
                 min_p=p.min_p or 0.0,
                 seed=p.seed,
-                stop=stops or None,
+                stop=prompt.stops or None,
                 presence_penalty=p.presence_penalty or 0.0,
                 frequency_penalty=p.frequency_penalty or 0.0,
                 repetition_penalty=p.repeat_penalty or 1.0,
@@ -255,15 +274,12 @@ class VllmEngine(Engine):
     @staticmethod
     def _schema(request: GenerateRequest) -> dict[str, Any] | None:
         """The JSON schema output must match: a tool call, response_format, or None."""
-        from xnb.openai.tools import call_schema
-
         if request.tools and request.tool_choice not in ("auto", "none"):
             return call_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
         return request.params.json_schema
 
     async def _generate(self, prompt: dict[str, Any], params: Any, request_id: str,
-                        tokenization: dict[str, Any], request: GenerateRequest, text: str,
-                        sink: Sink) -> None:
+                        request: GenerateRequest, text: str, sink: Sink) -> None:
         n = request.n
         done = [False] * n
         prompt_tokens = completion_tokens = 0
@@ -271,8 +287,7 @@ class VllmEngine(Engine):
             if request.echo:
                 for i in range(n):
                     sink.put(i, text)
-            async for output in self._engine.generate(prompt, params, request_id,
-                                                      tokenization_kwargs=tokenization):
+            async for output in self._engine.generate(prompt, params, request_id):
                 if sink.cancelled.is_set():
                     break
                 if output.prompt_token_ids is not None:
@@ -309,16 +324,13 @@ class VllmEngine(Engine):
 
     def abort(self, sink: Sink) -> None:
         """End the request now: vLLM frees its slot without waiting for the next token."""
-        request_id = self._requests.get(id(sink))
-        engine = getattr(self, "_engine", None)
-        if request_id is not None and engine is not None:
-            asyncio.run_coroutine_threadsafe(engine.abort(request_id), self._loop)
+        request_id, engine, loop = self._requests.get(id(sink)), self._engine, self._loop
+        if request_id is not None and engine is not None and loop is not None:
+            asyncio.run_coroutine_threadsafe(engine.abort(request_id), loop)
 
     def stats(self) -> dict[str, Any]:
-        engine = getattr(self, "_engine", None)
-        running = engine.get_num_unfinished_requests() if engine is not None else 0
-        return {**getattr(self, "_counters", {}), "running": running,
-                "active": len(getattr(self, "_requests", {}))}
+        running = self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+        return {**self._counters, "running": running, "active": len(self._requests)}
 
 
 def _vllm_reason(exc: BaseException) -> str:

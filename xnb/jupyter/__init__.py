@@ -2,9 +2,9 @@
 
 * :mod:`xnb.jupyter.extension` — the Jupyter Server extension (enabled on
   install by ``jupyter-config/jupyter_server_config.d/xnb.json``): it attaches
-  to or starts the cluster, runs the API sidecar as a child process, serves
-  ``{base_url}xnb/api/...`` (management) and proxies ``{base_url}xnb/v1/...``
-  (OpenAI) with Jupyter's own authentication.
+  to or starts the cluster, runs the API sidecar as a child process and serves
+  its every path at ``{base_url}xnb/<path>`` (``xnb/v1`` OpenAI, ``xnb/api``
+  management) with Jupyter's own authentication.
 * :mod:`xnb.jupyter.magics` — ``%load_ext xnb`` then ``%xnb help``.
 * :mod:`xnb.jupyter.widgets` — :func:`panel` (catalog, launch, models,
   cluster, chat).

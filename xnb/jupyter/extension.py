@@ -7,9 +7,9 @@ the server's loop runs, a background task:
    ``XNB_SCHEDULER_ADDRESS``), else one running on this machine (the runtime
    file), else starts the embedded :class:`~distributed.LocalCluster` in this
    process — in an executor thread, since starting it is synchronous;
-2. opens an asynchronous Dask client on the server's own loop and builds the
-   one :class:`~xnb.manager.ModelManager` the handlers share
-   (``web_app.settings["xnb_manager"]``);
+2. opens an asynchronous Dask client on the server's own loop
+   (:func:`xnb.runtime.cluster.open_dask`, TLS included) to check the cluster
+   runs the Supervisor;
 3. starts the API sidecar as a supervised child process
    (:class:`~xnb.jupyter.sidecar.SidecarProcess`);
 4. tells kernels where the cluster is: the runtime file (embedded cluster)
@@ -17,6 +17,8 @@ the server's loop runs, a background task:
    inherit, so ``xnb.connect()`` in a notebook attaches with no arguments.
 
 The server answers requests meanwhile (``/xnb/api/status`` says ``starting``).
+Every other ``{base_url}xnb/<path>`` is the sidecar's ``/<path>``, proxied
+(:mod:`xnb.jupyter.handlers`): management is the sidecar's, once.
 When the server stops, the sidecar is terminated, the client and the embedded
 cluster are closed and the runtime file is removed.
 
@@ -37,7 +39,8 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, Unicode
 
-from xnb.jupyter.handlers import MANAGER_KEY, STATE_KEY, XnbState, default_handlers
+from xnb.jupyter.handlers import STATE_KEY, XnbState, default_handlers
+from xnb.protocol import ServerStatus
 
 __all__ = ["KERNEL_ENV_VARS", "XnbExtension"]
 
@@ -90,7 +93,7 @@ class XnbExtension(ExtensionApp):
         self._dask: Any = None
         self._xnb_settings: Any = None
         self._env_before: dict[str, str | None] = {}
-        self.settings.update({STATE_KEY: self.state, MANAGER_KEY: None})
+        self.settings.update({STATE_KEY: self.state})
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(default_handlers())
@@ -135,13 +138,13 @@ class XnbExtension(ExtensionApp):
             if self.start_sidecar:
                 await loop.run_in_executor(None, self._start_sidecar, address, settings)
             self._publish(address, settings)
-            self.state.status = "ready"
+            self.state.status = ServerStatus.READY
             self.log.info("xnb: ready%s", f"; OpenAI API at {self.state.sidecar.url}/v1" if self.state.sidecar else "")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.log.exception("xnb: the extension could not start")
-            self.state.status = "error"
+            self.state.status = ServerStatus.ERROR
             self.state.error = f"{type(exc).__name__}: {exc}"
 
     async def _start_embedded(self, settings: Any) -> str:
@@ -155,16 +158,11 @@ class XnbExtension(ExtensionApp):
         return str(self._cluster.scheduler_address)
 
     async def _connect(self, address: str, settings: Any) -> None:
-        from distributed import Client
+        from xnb.runtime.cluster import open_dask
 
-        from xnb.runtime.cluster import ensure_supervisor_async
-        from xnb.manager import ModelManager
-
-        self._dask = await Client(address, asynchronous=True, direct_to_workers=True, set_as_default=False)
-        await ensure_supervisor_async(self._dask)
-        manager = ModelManager(self._dask, stream_poll_s=settings.stream_poll_s)
-        self.state.manager = manager
-        self.serverapp.web_app.settings[MANAGER_KEY] = manager
+        # TLS: the embedded cluster's own security, else the settings' (XNB_TLS_*, runtime file).
+        security = self._cluster.security if self._cluster is not None and self.state.embedded else None
+        self._dask = await open_dask(address, settings, asynchronous=True, security=security)
 
     def _sidecar_key(self, settings: Any) -> str | None:
         if self.sidecar_api_key:
@@ -207,7 +205,7 @@ class XnbExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         """Stop the sidecar, close the client and the embedded cluster, remove the runtime file."""
         loop = asyncio.get_running_loop()
-        self.state.status = "stopping"
+        self.state.status = ServerStatus.STOPPING
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._cluster is None and self._cluster_future is not None:
@@ -216,8 +214,6 @@ class XnbExtension(ExtensionApp):
                 self._cluster = await asyncio.wait_for(asyncio.shield(self._cluster_future), 120)
             except Exception as exc:  # noqa: BLE001 - it failed to start (logged at startup): nothing to close
                 self.log.warning("xnb: the embedded cluster did not start: %s", exc)
-        self.serverapp.web_app.settings[MANAGER_KEY] = None
-        self.state.manager = None
         if self.state.sidecar is not None:
             await loop.run_in_executor(None, self.state.sidecar.stop)
         await self.state.aclose()
@@ -241,5 +237,5 @@ class XnbExtension(ExtensionApp):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        self.state.status = "stopped"
+        self.state.status = ServerStatus.STOPPED
         self.log.info("xnb: stopped")

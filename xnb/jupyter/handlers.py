@@ -1,11 +1,12 @@
 """The Jupyter server extension's HTTP handlers.
 
-* ``{base_url}xnb/api/...`` — management (status, models, catalog, cluster,
-  events): thin handlers, each calling the one
-  :class:`~xnb.manager.ModelManager` kept in ``web_app.settings["xnb_manager"]``.
-* ``{base_url}xnb/v1/...`` — a proxy to the API sidecar's OpenAI routes
-  (``/v1/...``), streaming included, so a notebook behind JupyterHub can use
-  ``base_url=<jupyter url>/xnb/v1`` with its Jupyter token.
+* ``{base_url}xnb/api/status`` — the extension's own state (starting, ready,
+  the scheduler, the sidecar's health), answered here.
+* ``{base_url}xnb/<path>`` — every other path is the API sidecar's ``/<path>``,
+  proxied (streaming included) with the sidecar's admin key, never the Jupyter
+  token: ``{base_url}xnb/v1`` is an OpenAI ``base_url`` and
+  ``{base_url}xnb/api/models`` is the sidecar's ``/api/models`` — one management
+  implementation (:mod:`xnb.api.admin`), one URL scheme.
 
 Every method is ``@web.authenticated`` (and ``@authorized`` on resource
 ``xnb``); Jupyter applies XSRF checks to cookie-authenticated POST/DELETE.
@@ -29,14 +30,14 @@ from tornado import web
 from tornado.httputil import responses
 from tornado.iostream import StreamClosedError
 
-from xnb.errors import ClusterUnavailable, InvalidRequest, QueueFull, XnbError
+from xnb.errors import ClusterUnavailable, QueueFull, XnbError
+from xnb.protocol import ServerStatus
 
-__all__ = ["MANAGER_KEY", "STATE_KEY", "XnbState", "default_handlers"]
+__all__ = ["STATE_KEY", "XnbState", "default_handlers"]
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "xnb_state"
-MANAGER_KEY = "xnb_manager"
 AUTH_RESOURCE = "xnb"
 
 _HTTP_ERRORS = {
@@ -54,21 +55,21 @@ _FORWARD_HEADERS = ("content-type", "accept", "openai-organization", "openai-pro
 
 @dataclass
 class XnbState:
-    """What the handlers see: startup status, the manager once ready, the sidecar."""
+    """What the handlers see: startup status, the cluster, the sidecar."""
 
-    status: str = "starting"  # starting | ready | error | stopping | stopped
+    status: ServerStatus = ServerStatus.STARTING
     error: str | None = None
     scheduler_address: str | None = None
     embedded: bool = False
     sidecar: Any = None  # xnb.jupyter.sidecar.SidecarProcess
     sidecar_key: str | None = None
-    manager: Any = None
     _http: httpx.AsyncClient | None = field(default=None, repr=False)
 
-    def require_manager(self) -> Any:
-        if self.manager is not None:
-            return self.manager
-        if self.status == "error":
+    def require_ready(self) -> None:
+        """Raise (503, saying why) unless the extension is ready."""
+        if self.status is ServerStatus.READY:
+            return
+        if self.status is ServerStatus.ERROR:
             raise ClusterUnavailable(
                 f"the xnb extension could not reach a cluster: {self.error}. Fix the cause "
                 "(see the Jupyter server log) and restart the server"
@@ -91,7 +92,7 @@ class XnbState:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "status": self.status,
+            "status": self.status.value,
             "error": self.error,
             "scheduler_address": self.scheduler_address,
             "embedded": self.embedded,
@@ -122,18 +123,13 @@ def _endpoint(method: Handler) -> Handler:
 
 
 class XnbHandler(APIHandler):
-    """Base: access to the state and the manager, JSON in and out."""
+    """Base: access to the state, JSON out, OpenAI-shaped errors."""
 
     auth_resource = AUTH_RESOURCE
 
     @property
     def state(self) -> XnbState:
         return self.settings[STATE_KEY]
-
-    @property
-    def manager(self) -> Any:
-        manager = self.settings.get(MANAGER_KEY)
-        return manager if manager is not None else self.state.require_manager()
 
     def write_xnb_error(self, exc: XnbError) -> None:
         if exc.status >= 500:
@@ -156,24 +152,9 @@ class XnbHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}))
 
-    def json_body(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"null")
-        except ValueError:
-            raise InvalidRequest("the request body is not valid JSON") from None
-
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data, default=str))
-
-    def optional_float(self, name: str, default: float) -> float:
-        raw = self.get_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise InvalidRequest(f"query parameter {name} must be a number, not {raw!r}", param=name) from None
 
 
 class StatusHandler(XnbHandler):
@@ -192,77 +173,8 @@ class StatusHandler(XnbHandler):
         self.reply(status)
 
 
-class ModelsHandler(XnbHandler):
-    @_endpoint
-    async def get(self) -> None:
-        self.reply({"data": await self.manager.list()})
-
-    @_endpoint
-    async def post(self) -> None:
-        from xnb.api.admin import (
-            LaunchBody,  # the sidecar's launch schema: one definition
-        )
-        from xnb.openai.requests import parse_request
-
-        body = parse_request(LaunchBody, self.json_body())
-        record = await self.manager.launch(**body.model_dump(exclude_none=True))
-        url = self.base_url.rstrip("/") + f"/xnb/api/models/{record['uid']}"
-        self.set_header("Location", url)
-        self.reply({**record, "status_url": url}, status=202)
-
-
-class ModelHandler(XnbHandler):
-    @_endpoint
-    async def get(self, uid: str) -> None:
-        version = int(self.optional_float("version", -1))
-        wait = min(max(self.optional_float("wait", 0.0), 0.0), 60.0)
-        manager = self.manager
-        record = await manager.watch(uid, version, wait) if wait > 0 else await manager.describe(uid)
-        self.reply(record)
-
-    @_endpoint
-    async def delete(self, uid: str) -> None:
-        self.reply(await self.manager.terminate(uid))
-
-
-class ModelEventsHandler(XnbHandler):
-    @_endpoint
-    async def get(self, uid: str) -> None:
-        since = self.optional_float("since", 0.0)
-        self.reply({"data": await self.manager.events(uid, since)})
-
-
-class CatalogHandler(XnbHandler):
-    @_endpoint
-    async def get(self) -> None:
-        rows = await self.manager.catalog(
-            self.get_argument("q", None),
-            ability=self.get_argument("ability", None),
-            format=self.get_argument("format", None),
-        )
-        self.reply({"data": rows})
-
-
-class CatalogEntryHandler(XnbHandler):
-    @_endpoint
-    async def get(self, name: str) -> None:
-        self.reply(await self.manager.catalog_get(name))
-
-
-class CatalogEnginesHandler(XnbHandler):
-    @_endpoint
-    async def get(self, name: str) -> None:
-        self.reply({"data": await self.manager.engines(name)})
-
-
-class ClusterHandler(XnbHandler):
-    @_endpoint
-    async def get(self) -> None:
-        self.reply(await self.manager.cluster())
-
-
-class OpenAIProxyHandler(XnbHandler):
-    """``{base_url}xnb/v1/PATH`` → the sidecar's ``/v1/PATH``, chunks flushed as they arrive."""
+class SidecarProxyHandler(XnbHandler):
+    """``{base_url}xnb/PATH`` → the sidecar's ``/PATH``, chunks flushed as they arrive."""
 
     @_endpoint
     async def get(self, path: str) -> None:
@@ -276,22 +188,31 @@ class OpenAIProxyHandler(XnbHandler):
     async def delete(self, path: str) -> None:
         await self._proxy(path)
 
+    @_endpoint
+    async def put(self, path: str) -> None:
+        await self._proxy(path)
+
+    @_endpoint
+    async def patch(self, path: str) -> None:
+        await self._proxy(path)
+
     async def _proxy(self, path: str) -> None:
         sidecar = self.state.sidecar
         if sidecar is None:
-            if self.state.status == "ready":
+            if self.state.status is ServerStatus.READY:
                 raise ClusterUnavailable(
                     "this Jupyter server runs no xnb API sidecar (c.XnbExtension.start_sidecar = False); "
                     "use the sidecar you run yourself, or enable it"
                 )
-            self.state.require_manager()  # says why: starting / failed
+            self.state.require_ready()  # says why: starting / failed
         query = [(k, v) for k, vs in self.request.query_arguments.items() if k != "token"
                  for v in (x.decode("utf-8", "replace") for x in vs)]
         headers = {k: self.request.headers[k] for k in _FORWARD_HEADERS if k in self.request.headers}
         if self.state.sidecar_key:
             headers["Authorization"] = f"Bearer {self.state.sidecar_key}"
+        headers["X-Forwarded-Prefix"] = self.base_url.rstrip("/") + "/xnb"  # status URLs point back here
         request = self.state.http().build_request(
-            self.request.method, f"{sidecar.url}/v1/{path}", params=query, headers=headers,
+            self.request.method, f"{sidecar.url}/{path}", params=query, headers=headers,
             content=self.request.body or None,
         )
         try:
@@ -338,15 +259,7 @@ class OpenAIProxyHandler(XnbHandler):
 
 def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
     """URL patterns (relative to ``base_url``) and their handlers."""
-    uid = r"([^/]+)"
     return [
         (r"/xnb/api/status", StatusHandler, {}),
-        (r"/xnb/api/models", ModelsHandler, {}),
-        (rf"/xnb/api/models/{uid}", ModelHandler, {}),
-        (rf"/xnb/api/models/{uid}/events", ModelEventsHandler, {}),
-        (r"/xnb/api/catalog", CatalogHandler, {}),
-        (rf"/xnb/api/catalog/{uid}", CatalogEntryHandler, {}),
-        (rf"/xnb/api/catalog/{uid}/engines", CatalogEnginesHandler, {}),
-        (r"/xnb/api/cluster", ClusterHandler, {}),
-        (r"/xnb/v1/(.*)", OpenAIProxyHandler, {}),
+        (r"/xnb/(.*)", SidecarProxyHandler, {}),
     ]

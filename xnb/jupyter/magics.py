@@ -19,14 +19,16 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from xnb.errors import XnbError
+from xnb.protocol import ModelStatus, launch_option_specs, parse_pairs
 from xnb.runtime.registry import progress_line
 
-__all__ = ["HELP", "XnbMagics", "interpolate", "load_ipython_extension"]
+__all__ = ["HELP", "XnbMagics", "interpolate", "launch_parser", "load_ipython_extension"]
 
 HELP = """\
 %xnb — xnb models from this notebook
 
   %xnb launch NAME [--engine E] [--format F] [--size S] [-q QUANT] [--uid UID] [--replicas N] [--no-wait]
+                   [--keep-alive S] [--max-queue N] [--gpus N] ... (every flag of `xnb launch`)
   %xnb list                        running models
   %xnb terminate UID
   %xnb catalog [TEXT] [--ability A] [--format F]
@@ -86,6 +88,21 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser(name: str) -> _Parser:
     return _Parser(prog=f"%xnb {name}", add_help=False)
+
+
+def launch_parser() -> _Parser:
+    """``%xnb launch NAME``: an option per :class:`xnb.protocol.LaunchOptions` field,
+    spelled as ``xnb launch`` spells it, plus ``--no-wait``."""
+    p = _parser("launch")
+    p.add_argument("name")
+    for spec in launch_option_specs():
+        if spec.mapping or spec.multiple:
+            p.add_argument(*spec.flags, dest=spec.name, action="append",
+                           type=None if spec.mapping else spec.type, help=spec.help)
+        else:
+            p.add_argument(*spec.flags, dest=spec.name, type=spec.type, choices=spec.choices, help=spec.help)
+    p.add_argument("--no-wait", action="store_true")
+    return p
 
 
 def _generation_parser(name: str) -> _Parser:
@@ -150,7 +167,7 @@ class XnbMagics(Magics):
         """The model to use: named, else the default, else the only one that can do ``ability``."""
         if uid:
             return uid
-        running = [m for m in self.client.list() if m["status"] in ("ready", "degraded")
+        running = [m for m in self.client.list() if ModelStatus(m["status"]).serving
                    and ability in m["spec"]["abilities"]]
         uids = [m["uid"] for m in running]
         if self.current in uids:
@@ -166,14 +183,7 @@ class XnbMagics(Magics):
     # -- commands ------------------------------------------------------------------------
 
     def _launch(self, args: list[str], cell: str | None) -> Any:
-        p = _parser("launch")
-        p.add_argument("name")
-        for flag in ("--engine", "--format", "--size", "--uid"):
-            p.add_argument(flag)
-        p.add_argument("-q", "--quantization")
-        p.add_argument("--replicas", type=int)
-        p.add_argument("--no-wait", action="store_true")
-        ns = p.parse_args(args)
+        ns = launch_parser().parse_args(args)
         last = {"line": ""}
 
         def progress(record: dict[str, Any]) -> None:
@@ -182,7 +192,10 @@ class XnbMagics(Magics):
                 print(line, flush=True)
                 last["line"] = line
 
-        options = {k: getattr(ns, k) for k in ("engine", "format", "size", "quantization", "uid", "replicas")}
+        options = {spec.name: getattr(ns, spec.name) for spec in launch_option_specs()}
+        for spec in launch_option_specs():
+            if spec.mapping and options[spec.name] is not None:
+                options[spec.name] = parse_pairs(options[spec.name], spec.flags[0])
         model = self.client.launch(ns.name, wait=not ns.no_wait, on_progress=progress,
                                    **{k: v for k, v in options.items() if v is not None})
         self.current = model.uid

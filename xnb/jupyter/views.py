@@ -14,18 +14,20 @@ from typing import Any
 
 import ipywidgets as w
 
+from xnb.errors import InvalidRequest
+from xnb.protocol import ModelStatus, ReplicaStatus, launch_option_specs, parse_pairs
+
 __all__ = ["CatalogView", "ChatBox", "ClusterView", "LaunchForm", "ModelsView", "launch_progress"]
 
-READY = ("ready", "degraded")
 DEFAULT_MODEL = "smollm2-135m-instruct"  # preselected in the launch form: it needs no download
 
 
 def _engines(client: Any, name: str) -> list[dict[str, Any]]:
-    return client._sync(client.manager.engines, name)
+    return client.engines(name)
 
 
 def _replica_info(client: Any, uid: str) -> list[dict[str, Any]]:
-    return client._sync(client.manager.replica_info, uid)
+    return client.replica_info(uid)
 
 
 def _short(address: str) -> str:
@@ -71,16 +73,16 @@ def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
     """A model record's launch progress as ``(fraction 0..1, text)``: download → load → ready."""
     fractions = []
     for r in record.get("replicas", []):
-        status, p = r["status"], r.get("progress") or {}
-        if status == "ready":
+        status, p = ReplicaStatus(r["status"]), r.get("progress") or {}
+        if status.serving:
             fractions.append(1.0)
-        elif status == "loading":
+        elif status is ReplicaStatus.LOADING:
             fractions.append(0.75)
-        elif status == "downloading":
+        elif status is ReplicaStatus.DOWNLOADING:
             done = p.get("downloaded", 0) / p["total"] if p.get("total") else 0.0
             fractions.append(0.05 + 0.6 * min(done, 1.0))
         else:
-            fractions.append(0.02 if status == "launching" else 0.0)
+            fractions.append(0.02 if status.launching else 0.0)
     fraction = sum(fractions) / len(fractions) if fractions else 0.0
     return fraction, f"{record['uid']}: {record['status']} ({record.get('replicas_ready', 0)}/{len(fractions)} ready)"
 
@@ -155,6 +157,31 @@ class CatalogView(w.VBox):
             self.panel.tabs.selected_index = 1
 
 
+#: LaunchOptions fields the form shows as their own widgets; the rest are "More options".
+_FORM_FIELDS = ("engine", "size", "quantization", "uid", "replicas")
+
+
+def form_options(texts: dict[str, str]) -> dict[str, Any]:
+    """The "More options" texts as LaunchOptions fields: lists split on commas or spaces,
+    engine options as KEY=VALUE pairs, numbers as numbers; empty ones left out."""
+    out: dict[str, Any] = {}
+    for spec in launch_option_specs():
+        text = texts.get(spec.name, "").strip()
+        if not text:
+            continue
+        try:
+            if spec.mapping:
+                out[spec.name] = parse_pairs(text.split(), spec.name)
+            elif spec.multiple:
+                out[spec.name] = [spec.type(x) for x in text.replace(",", " ").split()]
+            else:
+                out[spec.name] = spec.type(text)
+        except ValueError:
+            raise InvalidRequest(f"{spec.name}: {text!r} is not a valid {spec.type.__name__}",
+                                 param=spec.name) from None
+    return out
+
+
 class LaunchForm(w.VBox):
     """Launch a model; a progress bar follows download → load → ready."""
 
@@ -167,6 +194,14 @@ class LaunchForm(w.VBox):
         self.quantization = w.Text(description="Quant.", placeholder="default")
         self.uid = w.Text(description="UID", placeholder="the model's name")
         self.replicas = w.BoundedIntText(value=1, min=1, max=64, description="Replicas")
+        # Every other LaunchOptions field, derived from the model (as `xnb launch`'s flags are).
+        self.more = {
+            spec.name: w.Text(description=spec.flags[0].lstrip("-"), tooltip=spec.help,
+                              placeholder="" if spec.default is None else str(spec.default))
+            for spec in launch_option_specs() if spec.name not in _FORM_FIELDS
+        }
+        more = w.Accordion(children=[w.VBox(list(self.more.values()))])
+        more.set_title(0, "More options")
         self.button = w.Button(description="Launch", button_style="primary", icon="rocket")
         self.button.add_class("xnb-launch")
         self.progress = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="60%"))
@@ -174,7 +209,7 @@ class LaunchForm(w.VBox):
         self.model.observe(self._model_changed, names="value")
         self.button.on_click(lambda _: self.panel.background(self.launch))
         super().__init__([self.model, w.HBox([self.engine, self.size]), w.HBox([self.quantization, self.uid]),
-                          self.replicas, w.HBox([self.button, self.progress]), self.message])
+                          self.replicas, more, w.HBox([self.button, self.progress]), self.message])
         self.add_class("xnb-launch-form")
 
     def set_catalog(self, rows: list[dict[str, Any]]) -> None:
@@ -197,6 +232,7 @@ class LaunchForm(w.VBox):
         options = {"engine": self.engine.value or None, "size": self.size.value or None,
                    "quantization": self.quantization.value.strip() or None, "uid": self.uid.value.strip() or None,
                    "replicas": self.replicas.value}
+        options.update(form_options({name: box.value for name, box in self.more.items()}))
         self.button.disabled = True
         self.progress.bar_style = "info"
         self.progress.value = 0.0
@@ -246,7 +282,7 @@ class ModelsView(w.VBox):
         now = time.time()
         for record in records:
             requests = "-"
-            if record["status"] in READY:
+            if ModelStatus(record["status"]).serving:
                 infos = _replica_info(self.panel.client, record["uid"])
                 requests = str(sum(i.get("counters", {}).get("requests", 0)
                                    + i.get("counters", {}).get("embed_requests", 0) for i in infos))
@@ -326,7 +362,7 @@ class ChatBox(w.VBox):
         self.add_class("xnb-chat")
 
     def update_models(self, records: list[dict[str, Any]]) -> None:
-        uids = [r["uid"] for r in records if r["status"] in READY and "chat" in r["spec"]["abilities"]]
+        uids = [r["uid"] for r in records if ModelStatus(r["status"]).serving and "chat" in r["spec"]["abilities"]]
         if list(self.model.options) != uids:
             _set_options(self.model, uids)
 

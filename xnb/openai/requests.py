@@ -13,7 +13,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -259,11 +258,8 @@ def _response_schema(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def parse_request(model_cls: type[BaseModel], body: Any) -> Any:
-    """Validate a request body; a 400 naming the field instead of pydantic's error."""
-    try:
-        return model_cls.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{loc}: {msg}" if loc else msg, param=loc or None) from None
+    """Validate a request body; a 400 naming the field instead of pydantic's error
+    (:func:`xnb.protocol.validate`: the same message from every front end)."""
+    from xnb.protocol import validate
+
+    return validate(model_cls, body)

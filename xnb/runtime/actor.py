@@ -38,20 +38,20 @@ from xnb.errors import (
     EngineError,
     InvalidRequest,
     LaunchFailed,
-    ModelNotFound,
     ModelNotReady,
     NotFound,
     QueueFull,
-    ReplicaLost,
     XnbError,
 )
 
-__all__ = ["ModelActor", "PROGRESS_TOPIC"]
+__all__ = ["ModelActor", "PROGRESS_TOPIC", "RELOADED"]
 
 logger = logging.getLogger(__name__)
 
 #: Dask event topic the actor reports launch progress on (the Supervisor listens).
 PROGRESS_TOPIC = "xnb-progress"
+#: The progress phase an idle-unloaded replica reports when a request reloads it.
+RELOADED = "reloaded"
 
 #: After a stream's first output, how long a pull lets further deltas gather.
 PULL_COALESCE_S = 0.02
@@ -249,7 +249,6 @@ class ModelActor:
             req = GenerateRequest.model_validate(request)
         except ValidationError as exc:
             raise InvalidRequest(f"invalid request: {validation_message(exc)}") from None
-        engine.check_params(req)  # 400 naming what this engine cannot honour
         stream = _Stream(asyncio.get_running_loop(), req.n, req.kind)
         engine.submit(req, stream.sink)
         sid = uuid.uuid4().hex
@@ -328,7 +327,7 @@ class ModelActor:
                     self.status = ReplicaStatus.UNLOADED
                     await self._loop.run_in_executor(self._pool, engine.unload)
                     self.counters["idle_unloads"] += 1
-                self._report("unloaded", idle_seconds=round(idle, 1))
+                self._report(ReplicaStatus.UNLOADED.value, idle_seconds=round(idle, 1))
 
     async def _engine_for_request(self) -> Engine:
         """The loaded engine (reloading it after an idle unload), or 503/429."""
@@ -342,7 +341,7 @@ class ModelActor:
                         self.status = ReplicaStatus.UNLOADED
                         raise
                     self.counters["reloads"] += 1
-                    self._report("reloaded", load_seconds=self.load_info["load_seconds"])
+                    self._report(RELOADED, load_seconds=self.load_info["load_seconds"])
         self._last_used = time.monotonic()
         return self._ready_engine()
 

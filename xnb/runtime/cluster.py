@@ -34,6 +34,7 @@ __all__ = [
     "ensure_supervisor",
     "configure_dask",
     "ensure_supervisor_async",
+    "open_dask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,39 @@ def remove_runtime_file(settings: XnbSettings) -> None:
 
 def _ping_reply(reply: Any) -> bool:
     return isinstance(reply, dict) and reply.get("ok") is True
+
+
+def open_dask(address: str, settings: XnbSettings, *, asynchronous: bool = False,
+              security: Any = None) -> Any:
+    """The one way xnb opens a Dask client (the sidecar, :class:`xnb.Client`, the CLI and
+    the Jupyter extension all come here): straight to the workers for actor calls, TLS
+    from :func:`security_for` (or ``security``, e.g. an embedded cluster's), the
+    Supervisor made sure of.  ``asynchronous=True`` returns a coroutine (await it on
+    your loop), as ``distributed.Client`` does."""
+    from distributed import Client
+
+    if security is None:
+        security = security_for(settings, address)
+    kwargs = {"direct_to_workers": True, "set_as_default": False, "security": security}
+    if asynchronous:
+        return _open_async(Client(address, asynchronous=True, **kwargs))
+    client = Client(address, **kwargs)
+    try:
+        ensure_supervisor(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+async def _open_async(pending: Any) -> Any:
+    client = await pending
+    try:
+        await ensure_supervisor_async(client)
+    except BaseException:
+        await client.close()
+        raise
+    return client
 
 
 async def ensure_supervisor_async(client: Any) -> None:

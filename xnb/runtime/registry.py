@@ -77,7 +77,7 @@ class ModelRecord:
     def event(self, kind: str, message: str, *, replica: int | None = None, **data: Any) -> None:
         self.version += 1
         self.events.append(
-            {"time": time.time(), "kind": kind, "replica": replica, "message": message, **data}
+            {"time": time.time(), "kind": str(kind), "replica": replica, "message": message, **data}
         )
 
     def describe(self) -> ModelInfo:

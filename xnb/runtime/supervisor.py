@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from xnb.runtime.actor import PROGRESS_TOPIC, ModelActor
+from xnb.runtime.actor import PROGRESS_TOPIC, RELOADED, ModelActor
 from xnb.runtime.rpc import ActorRef
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
@@ -44,7 +44,8 @@ from xnb.errors import (
     XnbError,
 )
 from xnb.protocol import LaunchOptions, ModelInfo, ModelStatus, ReplicaStatus, failed, ok, validate
-from xnb.runtime.placement import Needs, PlacedReplica, WorkerView, estimate_memory, place
+from xnb.runtime.placement import Needs, WorkerView, estimate_memory, place
+from xnb.runtime.views import describe_cluster, worker_views
 from xnb.runtime.registry import ModelRecord, ReplicaRecord
 from xnb.settings import XnbSettings
 
@@ -137,7 +138,7 @@ class Supervisor(SchedulerPlugin):
                 replica.status = ReplicaStatus.LOST
                 replica.error = f"worker {worker} left the cluster"
                 self._release(replica)
-                self._emit(record, "lost", f"replica {replica.index} lost: worker {worker} left",
+                self._emit(record, ReplicaStatus.LOST, f"replica {replica.index} lost: worker {worker} left",
                            replica=replica.index)
                 if record.options.get("restart") == "on-failure" and not record.terminating:
                     replica.status = ReplicaStatus.RESTARTING
@@ -152,10 +153,11 @@ class Supervisor(SchedulerPlugin):
         index = msg.get("replica")
         replica = next((r for r in record.replicas if r.index == index), None)
         phase = msg.get("phase")
-        if replica is not None and phase in ("unloaded", "reloaded") and replica.status.serving:
-            replica.status = ReplicaStatus.UNLOADED if phase == "unloaded" else ReplicaStatus.READY
-            replica.load_info = {**replica.load_info, "loaded": phase == "reloaded"}
-            what = "unloaded after being idle" if phase == "unloaded" else "reloaded for a request"
+        if replica is not None and phase in (ReplicaStatus.UNLOADED, RELOADED) and replica.status.serving:
+            unloaded = phase == ReplicaStatus.UNLOADED
+            replica.status = ReplicaStatus.UNLOADED if unloaded else ReplicaStatus.READY
+            replica.load_info = {**replica.load_info, "loaded": not unloaded}
+            what = "unloaded after being idle" if unloaded else "reloaded for a request"
             self._emit(record, phase, f"replica {index} {what}", replica=index)
             return
         if replica is None or replica.status not in (ReplicaStatus.LAUNCHING, ReplicaStatus.DOWNLOADING,
@@ -219,27 +221,7 @@ class Supervisor(SchedulerPlugin):
             return self._client
 
     def _workers(self, exclude: set[str] = frozenset()) -> list[WorkerView]:
-        placed: dict[str, list[PlacedReplica]] = {}
-        for record in self.models.values():
-            for r in record.replicas:
-                if r.status.live:
-                    placed.setdefault(r.worker, []).append(PlacedReplica(record.uid, r.memory, r.gpus))
-        views = []
-        for addr, ws in self.scheduler.workers.items():
-            if addr in exclude:
-                continue
-            n_gpus = int(ws.resources.get("GPU", 0))
-            views.append(
-                WorkerView(
-                    address=addr,
-                    nthreads=ws.nthreads,
-                    memory_limit=ws.memory_limit or 0,
-                    gpus=tuple(range(n_gpus)),
-                    placed=tuple(placed.get(addr, [])),
-                    name=str(ws.name),
-                )
-            )
-        return views
+        return worker_views(self.scheduler.workers, self.models.values(), exclude)
 
     # -- handlers: models -------------------------------------------------------------------
 
@@ -346,7 +328,7 @@ class Supervisor(SchedulerPlugin):
         replica.since = time.time()
         if record.ready_at is None:
             record.ready_at = time.time()
-        self._emit(record, "ready", f"replica {replica.index} ready on {replica.worker} "
+        self._emit(record, ReplicaStatus.READY, f"replica {replica.index} ready on {replica.worker} "
                    f"in {info.get('load_seconds', 0):.2f}s", replica=replica.index)
 
     async def _restart(self, record: ModelRecord, lost: ReplicaRecord) -> None:
@@ -425,7 +407,7 @@ class Supervisor(SchedulerPlugin):
         if record.terminating:
             return record.describe()
         record.terminating = True
-        self._emit(record, "terminating", "terminating")
+        self._emit(record, ModelStatus.TERMINATING, "terminating the model")
         await asyncio.gather(*(self._stop_replica(r) for r in record.replicas))
         self.models.pop(uid, None)
         self._notify(uid)
@@ -493,31 +475,4 @@ class Supervisor(SchedulerPlugin):
         return self.catalog.engines(name)
 
     def cluster(self) -> dict[str, Any]:
-        by_worker: dict[str, list[dict[str, Any]]] = {}
-        for record in self.models.values():
-            for r in record.replicas:
-                by_worker.setdefault(r.worker, []).append(
-                    {"uid": record.uid, "replica": r.index, "status": r.status, "gpus": list(r.gpus)}
-                )
-        workers = []
-        for addr, ws in self.scheduler.workers.items():
-            metrics = ws.metrics or {}
-            workers.append(
-                {
-                    "address": addr,
-                    "name": str(ws.name),
-                    "nthreads": ws.nthreads,
-                    "memory_limit": ws.memory_limit,
-                    "memory_used": metrics.get("memory", 0),
-                    "cpu_percent": metrics.get("cpu", 0.0),
-                    "resources": dict(ws.resources),
-                    "gpus": int(ws.resources.get("GPU", 0)),
-                    "status": str(ws.status.name if hasattr(ws.status, "name") else ws.status),
-                    "models": by_worker.get(addr, []),
-                }
-            )
-        return {
-            "scheduler": self.scheduler.address,
-            "workers": sorted(workers, key=lambda w: w["address"]),
-            "models": len(self.models),
-        }
+        return describe_cluster(self.scheduler.address, self.scheduler.workers, self.models.values())
