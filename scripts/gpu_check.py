@@ -34,6 +34,12 @@ every step of serving runs: the checks compare paths, not answers.
    in one batch, and the KV cells in use return to zero.  Whether the four give
    the same text as one at a time is reported, not required: batch invariance is
    a property of llama.cpp's CPU kernels (docs/architecture.md), not of CUDA's.
+6. where vLLM is installed in this environment (``scripts/bootstrap-vllm.sh`` with
+   ``XNB_VLLM_EXTRA=vllm``; otherwise the report says it was skipped): the small
+   Llama on the vLLM engine with ``gpus=1`` gets GPU 0 (``tensor_parallel_size`` 1),
+   greedy chat streamed equals non-streamed, four concurrent requests all finish and
+   vLLM's count of unfinished requests returns to zero.  ``--only-vllm`` runs this
+   step alone; with ``--cpu`` it runs on vLLM's CPU build.
 """
 
 from __future__ import annotations
@@ -68,8 +74,9 @@ def prepare(out: Path, convert: Path | None) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     assert tok.chat_template, "SmolLM2's GGUF carries a chat template"
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        # head_dim 64: a size every vLLM attention backend (CUDA and CPU) supports
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         initializer_range=0.2,  # larger than the default 0.02, so greedy text depends on the prompt
     )
@@ -191,8 +198,39 @@ def _check_gguf(client: Any, models: Path, gpus: int) -> dict[str, Any]:
     return out
 
 
+def _check_vllm(client: Any, gpus: int) -> dict[str, Any]:
+    """The small Llama on the vLLM engine, if this environment has vLLM."""
+    import importlib.util
+    from concurrent.futures import ThreadPoolExecutor
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"skipped": f"vLLM is not installed in {sys.prefix}; build an environment with "
+                           "scripts/bootstrap-vllm.sh (XNB_VLLM_EXTRA=vllm on CUDA) and run "
+                           "this script with its python"}
+    options: dict[str, Any] = {"max_model_len": 2048, "max_num_seqs": 8}
+    options.update({"gpu_memory_utilization": 0.3} if gpus else {"kv_cache_space": 1})
+    model = client.launch(LLM, uid="gpu-check-vllm", engine="vllm", gpus=gpus,
+                          engine_options=options, timeout=600)
+    load = model.info()[0]["load"]
+    out: dict[str, Any] = {"replica_gpus": model.record["replicas"][0]["gpus"], "load": load}
+    if gpus:
+        assert out["replica_gpus"] == [0] and load["device"] == "cuda", out
+        assert load["tensor_parallel_size"] == 1, load
+    out["chat"] = _chat_both_ways(model, [{"role": "user", "content": "Name three colours."}], 16)
+    prompts = [[{"role": "user", "content": f"Tell me about {t}."}] for t in ("rain", "bread", "trains", "cats")]
+    with ThreadPoolExecutor(4) as pool:
+        finished = list(pool.map(lambda p: model.chat(p, max_tokens=24, temperature=0)
+                                 ["choices"][0]["finish_reason"], prompts))
+    assert all(f in ("stop", "length") for f in finished), finished
+    engine = _wait(lambda: (e := model.info()[0]["engine"])["running"] == 0 and e, 30,
+                   "vLLM to finish every request")
+    out["engine"] = engine
+    client.terminate("gpu-check-vllm")
+    return out
+
+
 def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_gguf: bool,
-        log_copy: Path | None) -> None:
+        log_copy: Path | None, only_vllm: bool = False) -> None:
     """Run the checks, filling ``report`` as they pass (it keeps what ran if one fails)."""
     import numpy as np
 
@@ -228,6 +266,10 @@ def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_ggu
             return
         for name, sub, abilities in ((LLM, "llama", ["chat", "generate"]), (EMBED, "bert", ["embed"])):
             client._sync(client.manager.register, _family(name, models / sub, abilities))
+        if only_vllm:
+            report["vllm"] = _check_vllm(client, gpus)
+            report["ok"] = "skipped" not in report["vllm"]
+            return
 
         # 2. a transformers model on GPU 0
         llm = client.launch(LLM, engine="transformers", gpus=gpus, timeout=300)
@@ -269,6 +311,9 @@ def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_ggu
         # 5. llama.cpp on the GPU
         if gguf:
             report["gguf"] = _check_gguf(client, models, gpus)
+
+        # 6. vLLM, where this environment has it
+        report["vllm"] = _check_vllm(client, gpus)
         report["ok"] = True
     finally:
         if client is not None:
@@ -296,6 +341,7 @@ def main() -> None:
     r.add_argument("--cpu", action="store_true", help="no GPU: run the same flow on the CPU")
     r.add_argument("--gguf", action="store_true", help="also check llama.cpp (needs prepare --convert)")
     r.add_argument("--only-gguf", action="store_true", help="check llama.cpp alone, in a fresh worker")
+    r.add_argument("--only-vllm", action="store_true", help="check the vLLM engine alone")
     r.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if args.command == "prepare":
@@ -305,7 +351,7 @@ def main() -> None:
     log_copy = args.out.with_suffix(".processes.log") if args.out else None
     try:
         run(args.dir, report, cpu=args.cpu, gguf=args.gguf or args.only_gguf, only_gguf=args.only_gguf,
-            log_copy=log_copy)
+            log_copy=log_copy, only_vllm=args.only_vllm)
     finally:
         text = json.dumps(report, indent=2, default=str)
         print(text)

@@ -32,7 +32,7 @@ BUILTIN_ENGINES: dict[str, tuple[frozenset[str], frozenset[str], bool]] = {
     "llama-cpp": (frozenset({"chat", "generate", "embed"}), frozenset({"gguf"}), False),
     "sentence-transformers": (frozenset({"embed"}), frozenset({"pytorch"}), False),
     "transformers": (frozenset({"chat", "generate"}), frozenset({"pytorch", "gguf"}), False),
-    "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), True),
+    "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), False),  # GPUs, or the CPU build
 }
 
 REQUIRED_FAMILIES = {
@@ -421,7 +421,7 @@ def test_engines_lists_every_spec() -> None:
     assert ("pytorch", "vllm") in by_format
     assert ("pytorch", "sentence-transformers") not in by_format
     vllm = next(r for r in rows if r["engine"] == "vllm")
-    assert vllm["requires_gpu"] is True
+    assert vllm["requires_gpu"] is False  # vLLM's CPU build runs without one
 
 
 def test_summary_row() -> None:
