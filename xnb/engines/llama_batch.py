@@ -252,12 +252,31 @@ class BatchScheduler:
                 self._finish(slot.seq, "abort")
 
     def _admit(self) -> None:
+        deferred: list[Sequence] = []
         while self.waiting:
             free = [s for s in self.slots if s.seq is None]
             if not free:
-                return
+                break
             seq = self.waiting.popleft()
+            if self._prefix_in_flight(seq, free):
+                deferred.append(seq)
+                continue
             self._place(seq, free)
+        self.waiting.extendleft(reversed(deferred))
+
+    def _prefix_in_flight(self, seq: Sequence, free: list[Slot]) -> bool:
+        """Whether a running sequence is still evaluating a long prefix (a shared system
+        prompt) that ``seq`` starts with: then ``seq`` waits for it and copies it
+        (concurrent arrivals evaluate a shared prompt once, not once each)."""
+        have = max((common_prefix(slot.cached, seq.tokens) for slot in free), default=0)
+        for slot in self.slots:
+            other = slot.seq
+            if other is None or other.n_past >= other.n_prompt - 2:
+                continue  # idle, or (nearly) done with its prompt: _place copies what it has
+            shared = common_prefix(other.tokens[: other.n_prompt], seq.tokens)
+            if shared >= self.MIN_COPY_PREFIX and shared > have and other.n_past < shared:
+                return True
+        return False
 
     def _place(self, seq: Sequence, free: list[Slot]) -> None:
         """Put a sequence in a free slot, reusing the longest cached or running prefix.
