@@ -66,3 +66,41 @@ def test_no_logprobs_unless_asked(engine) -> None:
     run = run_one(engine, chat("Hi", max_tokens=4, temperature=0, logprobs=True))
     tokens = [as_token_logprob(t) for *_, lps in run.items if lps for t in lps]
     assert len(tokens) == 4 and all(t.top == [] and t.logprob <= 0 for t in tokens)
+
+
+# -- through the API (the session sidecar, the openai SDK) -------------------------------------
+
+CHAT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+def test_chat_logprobs_streamed_and_not(oai) -> None:
+    full = oai.chat.completions.create(model="smol", messages=CHAT, max_tokens=10, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    content = full.choices[0].logprobs.content
+    assert len(content) == full.usage.completion_tokens == 10
+    assert b"".join(bytes(t.bytes) for t in content).decode() == full.choices[0].message.content
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.logprob <= 0
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert t.token == t.top_logprobs[0].token and t.logprob == t.top_logprobs[0].logprob  # greedy
+    chunks = list(oai.chat.completions.create(model="smol", messages=CHAT, max_tokens=10, temperature=0,
+                                              logprobs=True, top_logprobs=3, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    np.testing.assert_allclose([t.logprob for t in streamed], [t.logprob for t in content], atol=1e-4)
+    plain = oai.chat.completions.create(model="smol", messages=CHAT, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_streamed_and_not(oai) -> None:
+    full = oai.completions.create(model="smol", prompt="The sea is", max_tokens=6, temperature=0, logprobs=2)
+    lp = full.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert "".join(lp.tokens) == full.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    assert all(len(top) <= 2 and max(top.values()) == lp.token_logprobs[i] for i, top in enumerate(lp.top_logprobs))
+    chunks = list(oai.completions.create(model="smol", prompt="The sea is", max_tokens=6, temperature=0,
+                                         logprobs=2, stream=True))
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    offsets = [o for c in chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert tokens == lp.tokens and offsets == lp.text_offset

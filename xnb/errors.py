@@ -21,6 +21,7 @@ __all__ = [
     "NotFound",
     "ModelNotFound",
     "CatalogEntryNotFound",
+    "RequestTooLarge",
     "Conflict",
     "DuplicateModel",
     "PlacementFailed",
@@ -115,6 +116,14 @@ class ModelNotFound(NotFound):
 
 class CatalogEntryNotFound(NotFound):
     code = "catalog_entry_not_found"
+
+
+class RequestTooLarge(XnbError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class Conflict(XnbError):

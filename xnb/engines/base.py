@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xnb.engines.logprobs import TokenLogprob
 from xnb.errors import EngineError, InvalidRequest, UnsupportedParameter, XnbError
+from xnb.protocol import MAX_TOP_LOGPROBS, Delta, TokenLogprob
 
 __all__ = [
     "Engine",
@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "tool_calls", "abort", "error"]
-
-#: What a pull returns per output event: ``(choice index, text, finish reason or
-#: None, token logprobs or None)`` — the logprobs of the tokens whose text this is.
-Delta = tuple[int, str, "str | None", "list[TokenLogprob] | None"]
 
 #: Sampling parameters every engine understands (the OpenAI core set).
 BASE_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "stop", "seed"})
@@ -89,7 +85,7 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = False
     logprobs: bool = Field(default=False, description="report each generated token's log-probability")
     top_logprobs: int | None = Field(
-        default=None, ge=0, le=20, description="with logprobs: how many most likely alternatives per position"
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: how many most likely alternatives per position"
     )
 
     def set_fields(self) -> set[str]:
@@ -149,7 +145,7 @@ class Sink:
     """Where an engine puts one request's output; thread-safe.
 
     The engine calls :meth:`put` with text deltas per choice ``index`` (with
-    ``params.logprobs``, also the :class:`~xnb.engines.logprobs.TokenLogprob`
+    ``params.logprobs``, also the :class:`~xnb.protocol.TokenLogprob`
     of every generated token whose text the delta carries),
     :meth:`finish` once per choice, then :meth:`close` with usage; or
     :meth:`fail`.  Readers (the model actor) are woken through ``notify``.

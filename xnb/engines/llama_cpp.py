@@ -291,6 +291,12 @@ class LlamaCppEngine(Engine):
         assert prompt.ids is not None
         tokens = prompt.ids
         params = request.params
+        bad = [t for t in params.logit_bias or {} if not 0 <= t < self.vocab.n_tokens]
+        if bad:
+            raise InvalidRequest(
+                f"logit_bias names token {bad[0]}, but this model's vocabulary has tokens 0 to "
+                f"{self.vocab.n_tokens - 1}", param="logit_bias",
+            )
         if request.tools:
             grammar = tools_grammar(request.tools, request.tool_choice, request.parallel_tool_calls)
         else:

@@ -1,55 +1,21 @@
-"""Per-token log-probabilities: the neutral type engines produce and how to compute it.
+"""Per-token log-probabilities computed from a logits row (engines call this).
 
-An engine that honours ``SamplingParams.logprobs`` attaches, to each text
-delta it puts into its :class:`~xnb.engines.base.Sink`, one
-:class:`TokenLogprob` per generated token whose text that delta carries.
-Values are the model's own log-probabilities: the log-softmax of the raw
-logits row the sampler was given (before temperature, penalties, grammar),
-which is what OpenAI reports.  The OpenAI ``logprobs`` objects are built from
-these in :mod:`xnb.openai.shapes`.
-
-On the wire (actor → client) a ``TokenLogprob`` is a plain list
-``[token, logprob, bytes, top]`` (msgpack turns tuples into lists), with
-``top`` a list of ``[token, logprob, bytes]`` best first;
-:func:`as_token_logprob` reads either form back.
+The type is :class:`xnb.protocol.TokenLogprob` (the actor-boundary wire
+types live there); an engine that honours ``SamplingParams.logprobs``
+attaches one per generated token to the delta that carries its text.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable
 
 import numpy as np
 
+from xnb.protocol import MAX_TOP_LOGPROBS, TokenLogprob, TopLogprob
+
 __all__ = ["TopLogprob", "TokenLogprob", "as_token_logprob", "token_logprob", "MAX_TOP_LOGPROBS"]
 
-#: The most alternatives a request may ask for (OpenAI's limit).
-MAX_TOP_LOGPROBS = 20
-
-
-class TopLogprob(NamedTuple):
-    """One candidate token at a position."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprob(NamedTuple):
-    """The sampled token at one position, its log-probability and the ``top``
-    most likely candidates there (best first; empty when none were asked for)."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-    top: list[TopLogprob]
-
-
-def as_token_logprob(value: Sequence[Any]) -> TokenLogprob:
-    """A :class:`TokenLogprob` from its wire form (a list) or itself."""
-    token, logprob, raw, top = value
-    return TokenLogprob(
-        str(token), float(logprob), list(raw), [TopLogprob(str(t), float(lp), list(b)) for t, lp, b in top]
-    )
+as_token_logprob = TokenLogprob.of
 
 
 def token_logprob(

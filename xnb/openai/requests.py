@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from xnb.engines.base import GenerateRequest, SamplingParams
-from xnb.engines.logprobs import MAX_TOP_LOGPROBS
+from xnb.protocol import MAX_TOP_LOGPROBS
 from xnb.errors import InvalidRequest, UnsupportedParameter
 from xnb.openai.tools import check_schema, resolve_tool_choice, validate_tools
 

@@ -1,0 +1,71 @@
+"""LangChain's standard chat-model integration suite (langchain-tests) a second time, now
+through langchain-anthropic's ChatAnthropic against xnb's Anthropic Messages API
+(`base_url` = the sidecar), with the packaged SmolLM2-135M.
+
+Tool calling, tool choice, structured output and Anthropic-format inputs are declared
+supported; as with ChatOpenAI, xnb constrains calls with grammars.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support import INFERENCE_KEY
+
+pytest.importorskip("langchain_tests", reason="the test extra installs langchain-tests")
+pytest.importorskip("langchain_anthropic", reason="the test extra installs langchain-anthropic")
+
+from langchain_anthropic import ChatAnthropic  # noqa: E402
+from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
+
+
+class TestXnbChatAnthropic(ChatModelIntegrationTests):
+    base_url: str = ""
+
+    @pytest.fixture(autouse=True)
+    def _xnb_sidecar(self, sidecar: str) -> None:
+        type(self).base_url = sidecar
+
+    @property
+    def chat_model_class(self) -> type[ChatAnthropic]:
+        return ChatAnthropic
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {
+            "model": "smol",
+            "base_url": self.base_url,
+            "api_key": INFERENCE_KEY,
+            "temperature": 0,
+            "max_tokens": 200,
+            "max_retries": 0,
+        }
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False  # ChatAnthropic has no JSON mode (json_schema and tools instead)
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supported_usage_metadata_details(self) -> dict[str, list[str]]:
+        return {"invoke": [], "stream": []}
