@@ -155,7 +155,9 @@ def test_kv_cells_are_returned_and_cached_only_with_prefix_cache(nocache_engine,
     assert stats["max_batch_seqs"] == 8
     assert stats["kv_cells_active"] == 0
     assert stats["kv_cells_cached"] == 0
-    assert stats["prompt_tokens_reused"] == 0
+    # No cache of finished sequences, but requests arriving together share their chat
+    # prefix (system prompt, "Write a short poem about") by copying it between slots.
+    assert stats["prompt_tokens_reused"] >= 7 * 16
     assert _kv_positions(eng) == [-1] * 8
     # The cache setting does not change greedy output.
     for topic, run in zip(TOPICS, runs):
