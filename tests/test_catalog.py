@@ -30,10 +30,16 @@ FAMILY_FILES = sorted(FAMILIES_DIR.glob("*.json"))
 # What each built-in engine serves (the contract the catalog relies on).
 BUILTIN_ENGINES: dict[str, tuple[frozenset[str], frozenset[str], bool]] = {
     "llama-cpp": (frozenset({"chat", "generate", "embed"}), frozenset({"gguf"}), False),
-    "sentence-transformers": (frozenset({"embed"}), frozenset({"pytorch"}), False),
+    "sentence-transformers": (frozenset({"embed", "rerank"}), frozenset({"pytorch"}), False),
     "transformers": (frozenset({"chat", "generate"}), frozenset({"pytorch", "gguf"}), False),
     "vllm": (frozenset({"chat", "generate"}), frozenset({"pytorch"}), False),  # GPUs, or the CPU build
+    "faster-whisper": (frozenset({"transcribe"}), frozenset({"ctranslate2"}), False),
+    "piper": (frozenset({"speech"}), frozenset({"onnx"}), False),
+    "cross-encoder": (frozenset({"rerank"}), frozenset({"pytorch"}), False),
+    "diffusers": (frozenset({"image"}), frozenset({"diffusers"}), False),
 }
+#: The engine each format (and, for pytorch, each kind of family) launches on by default.
+_FORMAT_ENGINES = {"gguf": "llama-cpp", "ctranslate2": "faster-whisper", "onnx": "piper", "diffusers": "diffusers"}
 
 REQUIRED_FAMILIES = {
     "qwen2.5-instruct",
@@ -118,9 +124,11 @@ def _load(path: Path) -> ModelFamily:
 
 
 def _expected_engine(family: ModelFamily, fmt: str) -> str:
-    if fmt == "gguf":
-        return "llama-cpp"
-    return "sentence-transformers" if family.abilities == ["embed"] else "transformers"
+    if fmt in _FORMAT_ENGINES:
+        return _FORMAT_ENGINES[fmt]
+    if "embed" in family.abilities:
+        return "sentence-transformers"
+    return "cross-encoder" if family.abilities == ["rerank"] else "transformers"
 
 
 @pytest.mark.parametrize("path", FAMILY_FILES, ids=lambda p: p.name)
@@ -195,9 +203,11 @@ def test_abilities_fit_the_family_kind(path: Path) -> None:
     if "embed" in family.abilities:
         assert family.dimensions and family.dimensions > 0
         assert not {"chat", "generate"} & set(family.abilities)
+        assert set(family.abilities) <= {"embed", "rerank"}
     else:
         assert family.dimensions is None
-        assert "chat" in family.abilities
+        # A chat model, or a model of exactly one other kind (speech, reranker, image).
+        assert "chat" in family.abilities or family.abilities in (["transcribe"], ["speech"], ["rerank"], ["image"])
 
 
 def test_chat_templates_stop_strings() -> None:
@@ -408,7 +418,7 @@ def test_search() -> None:
     gguf = {f.name for f in cat.search(fmt="gguf")}
     assert "qwen2.5-instruct" in gguf and "bge-small-en-v1.5" not in gguf
 
-    assert [f.name for f in cat.search("coder")] == ["qwen2.5-coder-instruct"]
+    assert [f.name for f in cat.search("qwen2.5-coder")] == ["qwen2.5-coder-instruct"]
     assert {f.name for f in cat.search("QWEN")} >= {"qwen2.5-instruct", "qwen2.5-coder-instruct"}
     assert cat.search(builtin=False) == []
 
@@ -586,7 +596,7 @@ def test_unregistering_an_unknown_name_is_404(tmp_path: Path) -> None:
             "size",
         ),
         (
-            _custom(specs=[{**_custom()["specs"][0], "format": "onnx"}]),
+            _custom(specs=[{**_custom()["specs"][0], "format": "tflite"}]),
             "format",
         ),
         (

@@ -29,6 +29,7 @@ from support import free_port, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
 TOKEN = "xnb-jupyter-test-token"
+LABEXTENSION = ROOT / "xnb" / "labextension"
 
 
 class JupyterServer:
@@ -54,6 +55,13 @@ class JupyterServer:
             "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
         }
         (config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
+        # The JupyterLab extension as this checkout built it (scripts/build-labextension.sh), the
+        # way `jupyter labextension develop` links it: the data dir comes first in the search path.
+        if (LABEXTENSION / "package.json").exists():
+            (root / "data" / "labextensions").mkdir(parents=True, exist_ok=True)
+            link = root / "data" / "labextensions" / "xnb-labextension"
+            if not link.exists():
+                link.symlink_to(LABEXTENSION, target_is_directory=True)
         # JupyterLab: no news prompt, no update check, no toasts.
         (settings_dir / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True}))

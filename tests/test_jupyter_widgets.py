@@ -58,7 +58,7 @@ def test_launch_progress() -> None:
 
 
 def test_panel_parts_and_catalog_filters(panel: Panel) -> None:
-    assert panel.tabs.titles == ("Models", "Launch", "Catalog", "Cluster", "Chat")
+    assert panel.tabs.titles == ("Models", "Launch", "Catalog", "Cluster", "Chat", "Try")
     assert "xnb-panel" in panel._dom_classes
     catalog = panel.catalog
     assert len(catalog.rows) >= 10 and len(catalog.list.options) == len(catalog.rows)

@@ -3,7 +3,8 @@ through langchain-anthropic's ChatAnthropic against xnb's Anthropic Messages API
 (`base_url` = the sidecar), with the packaged SmolLM2-135M.
 
 Tool calling, tool choice, structured output and Anthropic-format inputs are declared
-supported; as with ChatOpenAI, xnb constrains calls with grammars.
+supported; as with ChatOpenAI, xnb constrains calls with grammars.  Marked slow (it runs
+in `make test-all`): the ChatOpenAI run already covers the default suite's budget.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from langchain_anthropic import ChatAnthropic  # noqa: E402
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 
 
+@pytest.mark.slow  # ~50 generations of up to 200 tokens: minutes on a small CPU machine
 class TestXnbChatAnthropic(ChatModelIntegrationTests):
     base_url: str = ""
 

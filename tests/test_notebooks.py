@@ -84,7 +84,23 @@ def check_batch_embeddings(nb: nbformat.NotebookNode) -> None:
     assert "terminated" in result_text(by_tag(nb, "cleanup"))
 
 
+def check_audio(nb: nbformat.NotebookNode) -> None:
+    assert "audio-voice is ready" in stream_text(by_tag(nb, "launch-voice"))
+    assert "audio-whisper is ready" in stream_text(by_tag(nb, "launch-whisper"))
+    speak = by_tag(nb, "speak")
+    assert "saved" in stream_text(speak) and "fox.wav" in stream_text(speak)
+    assert any("<audio" in o.get("data", {}).get("text/html", "") for o in speak.outputs), speak.outputs
+    heard = stream_text(by_tag(nb, "transcribe")).lower()
+    assert "quick brown fox" in heard, heard
+    assert result_text(by_tag(nb, "check")) == "True"
+    srt = stream_text(by_tag(nb, "python"))
+    assert "00:00:00,000 --> " in srt and "hello world" in srt.lower(), srt
+    assert any("<audio" in o.get("data", {}).get("text/html", "") for o in by_tag(nb, "player").outputs)
+    assert result_text(by_tag(nb, "cleanup")) == "['terminated', 'terminated']"
+
+
 CHECKS = {
+    "audio.ipynb": check_audio,
     "quickstart.ipynb": check_quickstart,
     "openai_client.ipynb": check_openai_client,
     "batch_embeddings.ipynb": check_batch_embeddings,

@@ -124,3 +124,26 @@ def test_fuzz_generation_routes_on_the_model(fuzz_sidecar: str, tmp_path: Path) 
                   "--mode", "positive",
                   "--include-path-regex", "^/v1/(chat/completions|completions|responses|messages.*)$",
                   "--include-method", "POST")
+
+
+def test_values_that_cannot_cross_the_wire_are_400(admin: httpx.Client) -> None:
+    """What the fuzz found first: integers beyond 64 bits (msgpack to the scheduler or the
+    actor overflowed into a 500) and lone surrogates in text."""
+    r = admin.get("/api/models/smol", params={"version": 2**70, "wait": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "version"
+    r = admin.get("/api/models/smol/events", params={"since": "inf"})
+    assert r.status_code == 400
+    r = admin.post("/api/catalog", json={"family": {"name": "x", "context_length": 2**70}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "family.context_length"
+    r = admin.post("/v1/chat/completions", json={"model": "smol", "max_tokens": 2**64,
+                                                 "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = admin.post("/v1/chat/completions", content=b'{"model": "smol", "messages": [{"role": "user", '
+                                                    b'"content": "\\ud800"}]}',
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+    r = admin.post("/v1/messages", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    r = admin.post("/v1/chat/completions", json={"model": "smol", "logit_bias": {"999999": 1}, "max_tokens": 1,
+                                                 "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"

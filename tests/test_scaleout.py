@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,40 +19,9 @@ from xnb.runtime.cluster import temporary_security
 from xnb.errors import ModelNotFound
 from xnb.settings import XnbSettings
 
-from support import SMOL, free_port, port_open, wait_until
+from support import SMOL, Procs, free_port, port_open, wait_until, workers_by_name
+
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
-
-
-class Procs:
-    """Child processes of one test cluster, all killed at the end."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.procs: list[subprocess.Popen[str]] = []
-        self.env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", "xnb.cli", *args], env={**self.env, **(env or {})},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-        self.procs.append(p)
-        return p
-
-    def worker(self, address: str, name: str, *extra: str) -> subprocess.Popen[str]:
-        return self.start("worker", address, "--nthreads", "1", "--name", name, "--no-nanny", *extra)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def workers_by_name(client: Client) -> dict[str, str]:
-    return {w["name"]: w["address"] for w in client.cluster_info()["workers"]}
 
 
 @pytest.fixture(scope="module")

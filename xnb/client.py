@@ -9,8 +9,10 @@ coroutines on the Dask client's own event-loop thread.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
-from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, cast
+from pathlib import Path
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, Union, cast
 
 import numpy as np
 
@@ -22,12 +24,20 @@ from xnb.runtime.cluster import (
     write_runtime_file,
 )
 from xnb.errors import ClusterUnavailable
+from xnb.runtime.cluster_process import ClusterProcess, main_runs_from_a_file
 from xnb.manager import ModelManager
 from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse_request,
+)
+from xnb.openai.media import (
+    ImagesRequest,
+    RerankRequest,
+    SpeechBody,
+    TranscriptionRequest,
+    transcription_body,
 )
 from xnb.protocol import ModelInfo
 from xnb.settings import XnbSettings
@@ -43,6 +53,27 @@ Progress = Callable[[ModelInfo], None]
 Rows = list[dict[str, Any]]
 Models = list[ModelInfo]
 T = TypeVar("T")
+
+
+#: An audio file: its path, or its bytes.
+AudioInput = Union[str, Path, bytes, bytearray]
+
+
+def read_audio(audio: AudioInput) -> bytes:
+    """The bytes of an audio file given by path or as bytes."""
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return bytes(audio)
+    return Path(audio).expanduser().read_bytes()
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where audio and images display)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _log_progress(record: ModelInfo) -> None:
@@ -102,6 +133,41 @@ class AsyncModel:
         return await self.manager.embeddings(
             parse_request(EmbeddingRequest, {"model": self.uid, "input": input, **params})
         )
+
+    async def transcribe(self, audio: AudioInput, *, response_format: str = "text", task: str = "transcribe",
+                         **params: Any) -> Any:
+        """Speech to text from a file path or the file's bytes: the text (``response_format="text"``),
+        else the OpenAI body (``json``, ``verbose_json`` dicts; ``srt``, ``vtt`` strings).
+        Params: ``language``, ``prompt``, ``temperature``, ``timestamp_granularities``."""
+        body = parse_request(TranscriptionRequest, {"model": self.uid, "response_format": response_format, **params})
+        items = await self.manager.transcribe(self.uid, read_audio(audio), body.to_engine(task))
+        content, _ = transcription_body(items, body.response_format, task)
+        return content.strip() if response_format == "text" else content
+
+    async def speak(self, text: str, *, voice: str | None = None, response_format: str = "wav",
+                    speed: float = 1.0) -> bytes:
+        """Text to speech: the audio file's bytes (WAV by default)."""
+        body = parse_request(SpeechBody, {"model": self.uid, "input": text, "voice": voice,
+                                          "response_format": response_format, "speed": speed})
+        return await self.manager.speech(self.uid, body.to_engine(stream=False))
+
+    async def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None,
+                     **params: Any) -> Rows:
+        """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
+        body = parse_request(RerankRequest, {"model": self.uid, "query": query, "documents": documents,
+                                             "top_n": top_n, **params})
+        results: Rows = (await self.manager.rerank_response(body))["results"]
+        return results
+
+    async def image(self, prompt: str, *, n: int = 1, size: str | None = None, **params: Any) -> Any:
+        """Text to image: a PIL image (a list of them when ``n > 1``); Jupyter shows it inline.
+        Params: ``seed``, ``steps``, ``guidance_scale``, ``negative_prompt``."""
+        from PIL import Image
+
+        body = parse_request(ImagesRequest, {"model": self.uid, "prompt": prompt, "n": n, "size": size, **params})
+        pngs = await self.manager.images(self.uid, body.to_engine())
+        images = [Image.open(io.BytesIO(png)) for png in pngs]
+        return images[0] if n == 1 else images
 
     async def info(self) -> Rows:
         """Each replica's status and counters."""
@@ -240,6 +306,32 @@ class Model:
     def embeddings(self, input: str | list[str], **params: Any) -> dict[str, Any]:
         return self._client._sync(lambda: self._amodel.embeddings(input, **params))
 
+    def transcribe(self, audio: AudioInput, *, response_format: str = "text", task: str = "transcribe",
+                   **params: Any) -> Any:
+        """Speech to text from a file path or bytes (see :meth:`AsyncModel.transcribe`)."""
+        return self._client._sync(lambda: self._amodel.transcribe(
+            audio, response_format=response_format, task=task, **params))
+
+    def speak(self, text: str, *, voice: str | None = None, response_format: str = "wav", speed: float = 1.0,
+              display: bool | None = None) -> Any:
+        """Text to speech: the audio bytes, or in a notebook (``display=None``) an
+        ``IPython.display.Audio`` that plays them."""
+        audio = self._client._sync(lambda: self._amodel.speak(
+            text, voice=voice, response_format=response_format, speed=speed))
+        if response_format != "pcm" and (display or (display is None and in_notebook())):
+            from IPython.display import Audio
+
+            return Audio(data=audio)  # type: ignore[no-untyped-call]
+        return audio
+
+    def rerank(self, query: str, documents: list[Any], *, top_n: int | None = None, **params: Any) -> Rows:
+        """Documents ranked best first: ``[{"index", "relevance_score", "document"}]``."""
+        return self._client._sync(lambda: self._amodel.rerank(query, documents, top_n=top_n, **params))
+
+    def image(self, prompt: str, *, n: int = 1, size: str | None = None, **params: Any) -> Any:
+        """Text to image: a PIL image (shown inline in Jupyter), a list when ``n > 1``."""
+        return self._client._sync(lambda: self._amodel.image(prompt, n=n, size=size, **params))
+
     def info(self) -> Rows:
         return self._client._sync(self._amodel.info)
 
@@ -367,7 +459,10 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
     ``address`` (or ``XNB_SCHEDULER_ADDRESS``) attaches to that scheduler;
     otherwise a cluster already running on this machine (found through the
     runtime file) is used; otherwise, with ``start``, an embedded cluster is
-    started in this process and lives as long as it does.
+    started and lives as long as this process: in this process (notebooks, the
+    REPL, ``python -m``), or in a child process when this is a script run by
+    path, so a script needs no ``if __name__ == "__main__":`` guard
+    (:mod:`xnb.runtime.cluster_process`).
     """
     settings = settings or XnbSettings()
     address = address or find_running_cluster(settings)
@@ -375,6 +470,9 @@ def connect(address: str | None = None, *, settings: XnbSettings | None = None, 
         return Client(address, settings=settings)
     if not start:
         raise ClusterUnavailable("no xnb cluster is running; start one with `xnb local`")
+    if main_runs_from_a_file():  # Dask's spawned workers would re-run the script
+        child = ClusterProcess(settings)
+        return Client(child.scheduler_address, cluster=child, settings=settings)
     cluster = start_local_cluster(settings)
     write_runtime_file(settings, cluster.scheduler_address)  # after the cluster wrote its TLS files
     atexit.register(remove_runtime_file, settings)

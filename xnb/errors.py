@@ -48,6 +48,12 @@ class XnbError(Exception):
         self.param = param
         self.extra = extra
 
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds a client should wait before retrying (the ``Retry-After`` header), if any."""
+        value = self.extra.get("retry_after")
+        return None if value is None else int(value)
+
     def to_dict(self) -> dict[str, Any]:
         """A msgpack-friendly form, used to carry the error across Dask."""
         return {
@@ -176,6 +182,10 @@ class ClusterUnavailable(XnbError):
     status = 503
     type = "service_unavailable_error"
     code = "cluster_unavailable"
+
+    @property
+    def retry_after(self) -> int:
+        return int(self.extra.get("retry_after", 2))
 
 
 class LaunchFailed(XnbError):

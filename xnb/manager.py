@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 from distributed.core import ConnectionPool
@@ -41,6 +41,7 @@ from xnb.openai.requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from xnb.media import MediaOperations
 from xnb.openai.shapes import Choice, ChunkBuilder, collect_choices
 from xnb.protocol import (
     GenerateResult,
@@ -59,18 +60,27 @@ logger = logging.getLogger(__name__)
 
 ACTOR_CONNECT_TIMEOUT_S = 5.0
 ROUTE_TTL_S = 2.0
+#: How errors name an ability ("cannot speak", not "cannot speech").
+_VERBS = {"speech": "speak", "image": "draw images"}
 
 #: What :meth:`ModelManager.stream` yields: ``("deltas", [...])``, then ``("usage", {...})``.
 StreamEvent = tuple[str, Any]
 UsageHook = Callable[[dict[str, int]], None]
 
 
-class ModelManager:
-    """Launch, list, describe and terminate models; chat, complete and embed with them."""
+class ModelManager(MediaOperations):
+    """Launch, list, describe and terminate models; chat, complete and embed with them;
+    transcribe, speak, rerank and draw (:class:`~xnb.media.MediaOperations`)."""
 
-    def __init__(self, client: Any, *, stream_poll_s: float = 0.5) -> None:
+    def __init__(self, client: Any, *, stream_poll_s: float = 0.5,
+                 reconnect: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.client = client  # a distributed.Client; coroutines run on its loop
         self.stream_poll_s = stream_poll_s
+        # Opens a new Dask client when this one gave up on a scheduler that went away
+        # (Dask retries for its connect timeout, then closes the client).
+        self._reconnect = reconnect
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.address: str = client.scheduler.address if client.scheduler is not None else "the scheduler"
         self._routes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._outstanding: dict[str, int] = defaultdict(int)
         self._pool: ConnectionPool | None = None
@@ -85,19 +95,53 @@ class ModelManager:
         return self._pool
 
     async def close(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     # -- the Supervisor -----------------------------------------------------------------------
 
+    def _check_connected(self) -> None:
+        """Fail at once (503, Retry-After) while the scheduler is away, instead of
+        waiting out Dask's connect timeout; start reconnecting if Dask gave up."""
+        status = self.client.status
+        if status == "running":
+            return
+        if status in ("closing", "closed", "failed") and self._reconnect is not None:
+            if self._reconnecting is None or self._reconnecting.done():
+                self._reconnecting = asyncio.ensure_future(self._open_new_client())
+        raise ClusterUnavailable(
+            f"the xnb cluster at {self.address} is away ({status}); "
+            "the connection comes back by itself once the scheduler runs again: retry in a few seconds",
+            retry_after=2,
+        )
+
+    async def _open_new_client(self) -> None:
+        assert self._reconnect is not None
+        try:
+            client = await self._reconnect()
+        except (OSError, asyncio.TimeoutError, XnbError) as exc:
+            logger.info("the scheduler is still away: %s", exc)
+            return
+        old, self.client = self.client, client
+        self._routes.clear()
+        logger.info("reconnected to the scheduler at %s", client.scheduler.address)
+        try:
+            await old.close()
+        except (OSError, asyncio.TimeoutError):
+            pass
+
     async def call(self, op: str, **kwargs: Any) -> Any:
+        self._check_connected()
         try:
             reply = await getattr(self.client.scheduler, op)(**kwargs)
         except OSError as exc:
             raise ClusterUnavailable(
-                f"cannot reach the Dask scheduler at {self.client.scheduler.address}: {exc}; "
-                "is the cluster running? (`xnb local` starts one)"
+                f"cannot reach the Dask scheduler at {self.address}: {exc}; "
+                "is the cluster running? (`xnb local` starts one)",
+                retry_after=2,
             ) from None
         try:
             result = unwrap(reply)
@@ -212,8 +256,8 @@ class ModelManager:
             ready = _serving(routes)
         if ability is not None and ability not in routes["abilities"]:
             raise UnsupportedParameter(
-                f"model {uid!r} ({routes['model_name']}) cannot {ability}; it can "
-                f"{', '.join(routes['abilities'])}",
+                f"model {uid!r} ({routes['model_name']}) cannot {_VERBS.get(ability, ability)}; it can "
+                f"{', '.join(_VERBS.get(a, a) for a in routes['abilities'])}",
                 param="model",
             )
         if not ready:
@@ -266,13 +310,23 @@ class ModelManager:
         """Stream a generation: yields ``("deltas", [Delta])`` batches,
         then ``("usage", usage)``.  Closing the iterator early aborts the generation."""
         ability = "chat" if request.kind == "chat" else "generate"
+        events = self._pulled(uid, ability, "start", request.model_dump(exclude_defaults=True))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # at once: an abandoned generation is aborted on the model
+
+    async def _pulled(self, uid: str, ability: str | None, start: str, *args: Any) -> AsyncIterator[StreamEvent]:
+        """Start a stream on a replica with actor method ``start`` and pull it to the end
+        (the one pull loop of chat, completions, transcription and speech)."""
         sid = None
         key, actor = "", None
         for attempt in range(2):
             key, actor, _ = await self._pick(uid, ability)
             self._outstanding[key] += 1  # count it now, so concurrent picks spread
             try:
-                sid = await actor.call("start", request.model_dump(exclude_defaults=True))
+                sid = await actor.call(start, *args)
                 break
             except (ReplicaLost, ModelNotFound):
                 self._outstanding[key] -= 1

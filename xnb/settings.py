@@ -35,6 +35,11 @@ class XnbSettings(BaseSettings):
         default=None,
         description="Dask scheduler to attach to (tcp://... or tls://...); none: start or find a local cluster",
     )
+    state_dir: Path | None = Field(
+        default=None,
+        description="where `xnb scheduler` keeps the launched models it restores after a restart "
+        "(default: $XNB_HOME/state)",
+    )
     # -- embedded cluster ---------------------------------------------------------
     n_workers: int = Field(default=1, ge=1, description="worker processes of the embedded cluster")
     threads_per_worker: int | None = Field(
@@ -65,6 +70,9 @@ class XnbSettings(BaseSettings):
     )
     max_queue: int = Field(
         default=64, ge=0, description="requests a replica queues beyond those it serves (then 429)"
+    )
+    max_upload_mb: float = Field(
+        default=25.0, gt=0, description="largest audio upload /v1/audio/transcriptions accepts (MB; then 400)"
     )
     stream_poll_s: float = Field(
         default=0.5, gt=0, description="longest a stream pull waits on the model actor"
@@ -100,6 +108,11 @@ class XnbSettings(BaseSettings):
     @property
     def catalog_dir(self) -> Path:
         return self.home / "catalog"
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory of `xnb scheduler`."""
+        return self.state_dir or self.home / "state"
 
     @property
     def runtime_file(self) -> Path:

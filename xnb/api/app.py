@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from xnb import __version__
-from xnb.api import admin, anthropic, openai, responses
+from xnb.api import admin, anthropic, audio, images, openai, rerank, responses
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
@@ -46,14 +46,15 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
                 "or start a cluster with `xnb local`"
             )
         dask = await open_dask(address, settings, asynchronous=True)
-        app.state.dask = dask
-        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s)
+        # If the scheduler restarts and Dask's client gives up, the manager opens a new one.
+        app.state.manager = ModelManager(dask, stream_poll_s=settings.stream_poll_s,
+                                         reconnect=lambda: open_dask(address, settings, asynchronous=True))
         logger.info("xnb sidecar serving scheduler %s", address)
         try:
             yield
         finally:
             await app.state.manager.close()
-            await dask.close()
+            await app.state.manager.client.close()
 
     app = FastAPI(
         title="xnb",
@@ -69,6 +70,9 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
     app.include_router(openai.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)
+    app.include_router(audio.router)
+    app.include_router(images.router)
+    app.include_router(rerank.router)
     app.include_router(admin.router)
 
     @app.get("/health", tags=["meta"])
@@ -79,7 +83,7 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
         except (XnbError, asyncio.TimeoutError) as exc:
             reason = exc.message if isinstance(exc, XnbError) else "the scheduler did not answer in 5 s"
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ok", "scheduler": manager.client.scheduler.address, **info})
+        return JSONResponse({"status": "ok", "scheduler": manager.address, **info})
 
     @app.get("/metrics", tags=["meta"])
     async def metrics(request: Request) -> Response:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from xnb.errors import InvalidRequest, QueueFull, XnbError
+from xnb.errors import InvalidRequest, XnbError
 from xnb.openai.anthropic import error_body as anthropic_error
 
 __all__ = ["install_error_handlers", "error_response", "error_body", "is_anthropic_path"]
@@ -48,7 +48,7 @@ def error_body(path: str, exc: XnbError) -> dict[str, Any]:
 
 
 def error_response(exc: XnbError, path: str = "") -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return JSONResponse(error_body(path, exc), status_code=exc.status, headers=headers)
 
 

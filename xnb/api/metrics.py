@@ -59,6 +59,9 @@ class Metrics:
                               ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("xnb_inter_token_latency_seconds", "Time between streamed chunks",
                              ["model"], buckets=_ITL_BUCKETS, registry=r)
+        self.images = Counter("xnb_images_generated", "Images generated", ["model"], registry=r)
+        self.audio_seconds = Counter("xnb_audio_seconds", "Seconds of audio transcribed or spoken",
+                                     ["model", "endpoint"], registry=r)
         self.queue_depth = Gauge("xnb_queue_depth", "Requests in flight on the model's replicas",
                                  ["model"], registry=r)
         self.models = Gauge("xnb_models", "Launched models by status", ["status"], registry=r)

@@ -68,11 +68,6 @@ _DESCRIPTIONS = {
     503: "The model is not ready or the cluster is unreachable",
 }
 
-#: Paths whose POST runs a model (queue, body limit, model lookup).
-_INFERENCE_POSTS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-                    "/v1/messages", "/v1/messages/count_tokens"}
-
-
 def route_statuses(path: str, method: str) -> list[int]:
     """The error statuses a route answers."""
     method = method.lower()
@@ -85,7 +80,7 @@ def route_statuses(path: str, method: str) -> list[int]:
             statuses.add(409)
         if method == "post":
             statuses.add(413)
-    elif path in _INFERENCE_POSTS:
+    elif method == "post":  # every other POST runs a model
         statuses |= {404, 413, 429, 503}
     elif path.startswith("/v1/models"):
         statuses |= {404, 503} if "{" in path else {503}

@@ -225,7 +225,8 @@ class Catalog:
             engine = candidates[0]
         engine_cls = get_engine(engine)
         try:
-            options = engine_cls.Options.model_validate(engine_options or {})
+            defaults = {k: v for k, v in family.engine_options.items() if k in engine_cls.Options.model_fields}
+            options = engine_cls.Options.model_validate({**defaults, **(engine_options or {})})
         except ValidationError as exc:
             raise InvalidRequest(
                 f"invalid options for engine {engine!r}: {validation_message(exc)}",

@@ -144,8 +144,8 @@ def _check_source(source: AnySource, spec: LaunchSpec) -> None:
     elif isinstance(source, HubSource):
         if spec.format == "gguf" and not source.file:
             problem = "a gguf spec needs 'file'"
-        elif spec.format == "pytorch" and source.file:
-            problem = "a pytorch spec downloads a snapshot: use 'allow_patterns', not 'file'"
+        elif spec.format != "gguf" and source.file:
+            problem = f"a {spec.format} spec downloads a snapshot: use 'allow_patterns', not 'file'"
     if problem:
         raise InvalidRequest(f"{source.kind} source {source.model_dump(exclude_none=True)}: "
                              f"{problem}", param="sources")
@@ -208,9 +208,9 @@ def _model_files(path: Path, spec: LaunchSpec, what: str) -> _Found:
     """Check ``path`` has the shape the spec's format needs; gather split GGUF parts."""
     if spec.format == "none":  # no weights (the echo test engine): any existing path will do
         return _Found(path, [])
-    if spec.format == "pytorch":
+    if spec.format != "gguf":
         if not path.is_dir():
-            raise _Unavailable(f"{what}: {path} is a file, but a pytorch model needs a folder")
+            raise _Unavailable(f"{what}: {path} is a file, but a {spec.format} model needs a folder")
         return _Found(path, [path])
     if not path.is_file():
         raise _Unavailable(f"{what}: {path} is a folder, but a gguf model needs a .gguf file")

@@ -28,9 +28,13 @@ __all__ = [
     "size_to_billions",
 ]
 
-Ability = Literal["chat", "generate", "embed", "rerank"]
-#: Weight formats; "none": an engine that needs no weights (the echo test engine).
-Format = Literal["gguf", "pytorch", "none"]
+#: What a model does: text (chat, generate), vectors (embed), scores (rerank),
+#: speech to text (transcribe), text to speech (speech), text to image (image).
+Ability = Literal["chat", "generate", "embed", "rerank", "transcribe", "speech", "image"]
+#: How its weights are stored: one .gguf file, or a folder (pytorch snapshot, a
+#: CTranslate2 conversion, an ONNX voice with its .json, a diffusers pipeline);
+#: "none": an engine that needs no weights (the echo test engine).
+Format = Literal["gguf", "pytorch", "ctranslate2", "onnx", "diffusers", "none"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([mb])$")
@@ -140,6 +144,11 @@ class ModelFamily(_Strict):
         default="model",
         description="how tool_choice=auto decides: the model (grammar lets it call or answer) or, "
         "for models too small to decide, by relevance of the tools to the request",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="default launch options for the engine (e.g. an image model's steps); "
+        "options given at launch win",
     )
     builtin: bool = Field(default=False, exclude=True)
 

@@ -6,10 +6,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
+from xnb.catalog.schema import Ability, Format
 from xnb.protocol import ModelStatus
 
 from xnb.cli.base import (
@@ -162,8 +163,8 @@ def generate(uid: str, prompt: str, max_tokens: int, temperature: float | None, 
 
 @cli.command()
 @click.argument("filter_text", required=False)
-@click.option("--type", "ability", type=click.Choice(["chat", "generate", "embed", "rerank"]))
-@click.option("--format", "fmt", type=click.Choice(["gguf", "pytorch"]))
+@click.option("--type", "ability", type=click.Choice(list(get_args(Ability))))
+@click.option("--format", "fmt", type=click.Choice([f for f in get_args(Format) if f != "none"]))
 @click.option("--json", "as_json", is_flag=True)
 @scheduler_option
 def catalog(filter_text: str | None, ability: str | None, fmt: str | None, as_json: bool,

@@ -15,7 +15,8 @@ __all__: list[str] = []
 logger = logging.getLogger(__name__)
 
 _TLS_FLAGS = ("tls_ca_file", "tls_cert", "tls_key")
-_API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue")
+_API_FLAGS = ("host", "port", "api_keys", "admin_api_keys", "api_keys_file", "allowed_hosts", "max_queue",
+              "max_upload_mb")
 
 
 @cli.command()
@@ -79,11 +80,17 @@ def serve(**flags: Any) -> None:
 
 @cli.command()
 @click.option("--port", type=int, default=8786, show_default=True, help="scheduler port")
-@click.option("--scheduler-host", "bind_host", default="127.0.0.1", show_default=True,
-              help="address to listen on (0.0.0.0 for other machines)")
-@settings_options("home", "dashboard", *_TLS_FLAGS)
-def scheduler(port: int, bind_host: str, **flags: Any) -> None:
-    """Run a Dask scheduler with xnb's Supervisor (workers join with `xnb worker`)."""
+@click.option("--host", "--scheduler-host", "bind_host", default="127.0.0.1", show_default=True,
+              help="address to listen on (this machine's address, or 0.0.0.0, for other machines)")
+@click.option("--worker-ttl", default="60s", show_default=True,
+              help="a worker silent this long (its host's network cut) is removed and its replicas "
+              "relaunched (Dask's default: 5 minutes)")
+@settings_options("home", "state_dir", "dashboard", *_TLS_FLAGS)
+def scheduler(port: int, bind_host: str, worker_ttl: str, **flags: Any) -> None:
+    """Run a Dask scheduler with xnb's Supervisor (workers join with `xnb worker`).
+
+    Launched models are saved in --state-dir; started again with the same
+    directory, the scheduler relaunches them as workers rejoin."""
     import asyncio
 
     from distributed import Scheduler
@@ -103,12 +110,12 @@ def scheduler(port: int, bind_host: str, **flags: Any) -> None:
 
     async def run() -> None:
         async with Scheduler(
-            host=bind_host, port=port, protocol=protocol, security=security,
+            host=bind_host, port=port, protocol=protocol, security=security, worker_ttl=worker_ttl,
             dashboard=settings.dashboard, dashboard_address=f"{bind_host}:8787" if settings.dashboard else f"{bind_host}:0",
-            plugins=[Supervisor(home=str(settings.home))],
+            plugins=[Supervisor(home=str(settings.home), state_dir=str(settings.state_path))],
         ) as s:
             write_runtime_file(settings, s.address)
-            click.echo(f"xnb scheduler: {s.address}", err=True)
+            click.echo(f"xnb scheduler: {s.address} (state: {settings.state_path})", err=True)
             try:
                 await s.finished()
             finally:
@@ -126,12 +133,19 @@ def scheduler(port: int, bind_host: str, **flags: Any) -> None:
 @click.option("--memory-limit", default="auto", show_default=True, help="Dask memory limit")
 @click.option("--name", help="worker name (pin replicas to it with --worker NAME)")
 @click.option("--resources", help='extra Dask resources, e.g. "FPGA=1"; GPUs are detected')
-@click.option("--worker-host", "bind_host", default="127.0.0.1", show_default=True,
-              help="address to listen on")
+@click.option("--host", "--worker-host", "bind_host", default=None,
+              help="address to listen on and advertise  [default: 127.0.0.1, or --interface's]")
+@click.option("--interface", help="network interface to listen on and advertise, e.g. eth0")
+@click.option("--listen-address", help="address to listen on, e.g. tls://0.0.0.0:9000 (with --contact-address)")
+@click.option("--contact-address", help="address the scheduler and clients use to reach this worker "
+              "(behind NAT or a proxy), e.g. tls://10.0.0.5:9000; needs --listen-address")
 @click.option("--nanny/--no-nanny", default=True, show_default=True, help="restart the worker if it dies")
+@click.option("--reconnect/--no-reconnect", default=True, show_default=True,
+              help="when the scheduler goes away, wait for it and join it again (a fresh worker process)")
 @settings_options("home", *_TLS_FLAGS)
 def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name: str | None,
-           resources: str | None, bind_host: str, nanny: bool, **flags: Any) -> None:
+           resources: str | None, bind_host: str | None, interface: str | None, listen_address: str | None,
+           contact_address: str | None, nanny: bool, reconnect: bool, **flags: Any) -> None:
     """Run a worker for the xnb cluster at SCHEDULER_ADDRESS (GPUs advertised as resources)."""
     import asyncio
     import os
@@ -141,6 +155,10 @@ def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name
     from xnb.runtime.cluster import configure_dask, security_for
     from xnb.runtime.gpu import detect_gpus
 
+    if contact_address and not listen_address:
+        raise click.UsageError("--contact-address needs --listen-address (the address to listen on)")
+    if listen_address and (bind_host or interface):
+        raise click.UsageError("give either --listen-address or --host/--interface, not both")
     settings = make_settings(**flags)
     configure_dask()
     res: dict[str, float] = {}
@@ -156,16 +174,71 @@ def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name
 
     os.environ["XNB_HOME"] = str(settings.home)  # the worker (or the nanny's child) reads it
     kwargs: dict[str, Any] = {"env": {"XNB_HOME": str(settings.home)}} if nanny else {}
+    if listen_address:
+        from distributed.comm import get_address_host_port
+
+        host, listen_port = get_address_host_port(listen_address, strict=True)
+        kwargs.update(host=host, contact_address=contact_address or listen_address)
+        kwargs["worker_port" if nanny else "port"] = listen_port
+    elif interface:
+        kwargs["interface"] = interface
+    else:
+        kwargs["host"] = bind_host or "127.0.0.1"
+    stopping = False
 
     async def run() -> None:
+        nonlocal stopping
+        import signal
+
         async with cls(
             scheduler_address, nthreads=nthreads or os.cpu_count() or 1, memory_limit=memory_limit,
-            name=name, resources=res or None, host=bind_host, security=security, **kwargs,
+            name=name, resources=res or None, security=security, **kwargs,
         ) as w:
+            loop = asyncio.get_running_loop()
+
+            def stop() -> None:
+                nonlocal stopping
+                stopping = True
+                asyncio.ensure_future(w.close())
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop)
             click.echo(f"xnb worker {w.address} ({len(gpus)} GPU) → {scheduler_address}", err=True)
             await w.finished()
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
-        pass
+        stopping = True
+    if reconnect and not stopping:
+        _rejoin(scheduler_address)
+
+
+def _rejoin(scheduler_address: str) -> None:
+    """The scheduler went away (Dask workers cannot rejoin one): wait until it
+    answers again, then start this command afresh in this process (same pid)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from xnb.runtime.cluster import reachable
+
+    interrupted = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    click.echo(f"xnb worker: lost the scheduler {scheduler_address}; waiting for it to come back", err=True)
+    try:
+        while not interrupted and not reachable(scheduler_address):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    if interrupted:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,13 +39,12 @@ __all__ = [
     "ThreadedEngine",
     "Utf8Decoder",
     "FinishReason",
-    "Delta",
-    "TokenLogprob",
     "Prompt",
 ]
 
 if TYPE_CHECKING:
     from xnb.catalog.schema import LaunchSpec
+    from xnb.engines.media import ImageRequest, RerankResult, SpeechRequest, TranscribeRequest
     from xnb.engines.chat_template import ChatTemplate
 
 logger = logging.getLogger(__name__)
@@ -83,10 +82,8 @@ class SamplingParams(BaseModel):
         default=None, description="JSON schema constraining output ({} = any JSON object)"
     )
     ignore_eos: bool = False
-    logprobs: bool = Field(default=False, description="report each generated token's log-probability")
-    top_logprobs: int | None = Field(
-        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: how many most likely alternatives per position"
-    )
+    logprobs: bool = False  # report each generated token's log-probability (protocol.TokenLogprob)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per position
 
     def set_fields(self) -> set[str]:
         """Names of parameters the caller actually set (to check engine support)."""
@@ -144,11 +141,9 @@ class ReplicaResources:
 class Sink:
     """Where an engine puts one request's output; thread-safe.
 
-    The engine calls :meth:`put` with text deltas per choice ``index`` (with
-    ``params.logprobs``, also the :class:`~xnb.protocol.TokenLogprob`
-    of every generated token whose text the delta carries),
-    :meth:`finish` once per choice, then :meth:`close` with usage; or
-    :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
+    The engine calls :meth:`put` with text deltas per choice ``index`` (with ``params.logprobs``,
+    their tokens' :class:`~xnb.protocol.TokenLogprob`), :meth:`finish` once per choice, then
+    :meth:`close` with usage; or :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
     ``cancelled`` is set when the client aborts: engines check it between
     tokens and stop with finish reason ``"abort"``.
     """
@@ -422,6 +417,48 @@ class Engine(ABC):
         """Embed texts (blocking; runs on a thread of the actor); ``normalize=None``:
         the engine's default."""
         raise UnsupportedParameter(f"engine {self.name!r} does not embed text", param="model")
+
+    # -- speech, rerank, images (requests and results: xnb.engines.media) ----------------
+
+    def rerank(self, query: str, documents: list[str]) -> "RerankResult":
+        """Relevance of each document to ``query`` (blocking; runs on a thread of the actor).
+
+        The default ranks as a bi-encoder, by the cosine of :meth:`embed` vectors, so
+        every embedding engine reranks; cross-encoder engines override it.
+        """
+        import numpy as np
+
+        from xnb.engines.media import RerankResult
+
+        if "embed" not in self.abilities:
+            raise UnsupportedParameter(f"engine {self.name!r} does not rerank", param="model")
+        result = self.embed([query, *documents], normalize=True)
+        vectors = np.asarray(result.vectors, dtype=np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        scores = vectors[1:] @ vectors[0]
+        return RerankResult(scores=[float(s) for s in scores], prompt_tokens=result.prompt_tokens)
+
+    def transcribe(self, audio: bytes, request: "TranscribeRequest") -> Iterator[dict[str, Any]]:
+        """Speech to text (blocking iterator, run on a thread): first
+        ``{"kind": "info", "language", "duration"}``, then one
+        ``{"kind": "segment", "id", "start", "end", "text", ...}`` per segment."""
+        raise UnsupportedParameter(f"engine {self.name!r} does not transcribe audio", param="model")
+
+    #: Sample rate of :meth:`speak`'s PCM (set by ``load()``).
+    sample_rate: int = 0
+
+    def voices(self) -> list[str]:
+        """The voices :meth:`speak` takes (speech engines)."""
+        return []
+
+    def speak(self, request: "SpeechRequest") -> Iterator[bytes]:
+        """Text to speech (blocking iterator, run on a thread): 16-bit mono PCM at
+        :attr:`sample_rate`, a chunk per sentence.  Checks run before the first chunk."""
+        raise UnsupportedParameter(f"engine {self.name!r} does not speak", param="model")
+
+    def image(self, request: "ImageRequest") -> list[bytes]:
+        """Text to image (blocking): ``request.n`` PNG files."""
+        raise UnsupportedParameter(f"engine {self.name!r} does not draw images", param="model")
 
     def abort(self, sink: Sink) -> None:
         """Stop working on the request writing to ``sink`` (its client went away).

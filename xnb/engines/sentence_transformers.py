@@ -50,10 +50,16 @@ class SentenceTransformersOptions(EngineOptions):
 
 class SentenceTransformersEngine(Engine):
     name = "sentence-transformers"
-    abilities = frozenset({"embed"})
+    #: rerank: as a bi-encoder (:meth:`Engine.rerank`, the cosine of query and document vectors).
+    abilities = frozenset({"embed", "rerank"})
     formats = frozenset({"pytorch"})
     requires = ("sentence_transformers", "torch")
     Options = SentenceTransformersOptions
+
+    @classmethod
+    def can_serve(cls, abilities: list[str], fmt: str) -> bool:
+        # It reranks only what it embeds: a cross-encoder family (rerank alone) is not for it.
+        return fmt in cls.formats and "embed" in abilities
 
     options: SentenceTransformersOptions
 

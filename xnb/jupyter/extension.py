@@ -45,7 +45,7 @@ from xnb.protocol import ServerStatus
 __all__ = ["KERNEL_ENV_VARS", "XnbExtension"]
 
 #: Environment variables the extension sets for the kernels this server starts.
-KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL")
+KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL", "XNB_JUPYTER_TOKEN")
 
 
 class XnbExtension(ExtensionApp):
@@ -82,7 +82,8 @@ class XnbExtension(ExtensionApp):
     )
     set_kernel_env = Bool(
         True, config=True,
-        help="Put XNB_SCHEDULER_ADDRESS and XNB_API_URL in the environment of kernels this server starts.",
+        help="Put XNB_SCHEDULER_ADDRESS, XNB_API_URL and XNB_JUPYTER_TOKEN (the proxy's key) in the environment "
+        "of kernels this server starts.",
     )
 
     def initialize_settings(self) -> None:
@@ -99,6 +100,11 @@ class XnbExtension(ExtensionApp):
         self.handlers.extend(default_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        # The OpenAI proxy ({base_url}xnb/v1) takes the Jupyter token as its API key: kernels get it,
+        # so the sidebar's "use it" snippets need no key written into the notebook.
+        token = getattr(getattr(serverapp, "identity_provider", None), "token", None)
+        if token:
+            self._set_kernel_env(XNB_JUPYTER_TOKEN=token)
         self._task = asyncio.ensure_future(self._startup())
 
     # -- startup ------------------------------------------------------------------------------

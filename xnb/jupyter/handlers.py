@@ -30,7 +30,7 @@ from tornado import web
 from tornado.httputil import responses
 from tornado.iostream import StreamClosedError
 
-from xnb.errors import ClusterUnavailable, QueueFull, XnbError
+from xnb.errors import ClusterUnavailable, XnbError
 from xnb.protocol import ServerStatus
 
 __all__ = ["STATE_KEY", "XnbState", "default_handlers"]
@@ -136,7 +136,7 @@ class XnbHandler(APIHandler):
             logger.warning("%s %s -> %s: %s", self.request.method, self.request.path, exc.status, exc.message)
         self.clear()  # drop anything buffered before the error
         self.set_status(exc.status)
-        if isinstance(exc, QueueFull):
+        if exc.retry_after is not None:
             self.set_header("Retry-After", str(exc.retry_after))
         self.finish(json.dumps(exc.openai_body()))
 

@@ -19,6 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from xnb.errors import XnbError
+from xnb.jupyter.media_magics import EXAMPLES, MEDIA_HELP, media_commands
 from xnb.protocol import ModelStatus, launch_option_specs, parse_pairs
 from xnb.runtime.registry import progress_line
 
@@ -48,7 +49,7 @@ HELP = """\
 
 Without UID, chat/complete/embed use the model set by %xnb use or the last %xnb launch,
 or the only running model that can do it.
-"""
+""" + MEDIA_HELP
 
 #: Longest answer of %%xnb chat / complete unless --max-tokens says otherwise.
 DEFAULT_MAX_TOKENS = 512
@@ -152,6 +153,7 @@ class XnbMagics(Magics):
             "catalog": self._catalog, "status": self._status, "use": self._use,
             "embed": self._embed, "reset": self._reset, "panel": self._panel,
             "chat": self._chat, "complete": self._complete,
+            **media_commands(self),
         }
         if command not in commands:
             raise UsageError(f"%xnb: unknown command {command!r}; %xnb help lists them")
@@ -175,7 +177,7 @@ class XnbMagics(Magics):
         if len(uids) == 1:
             return uids[0]
         if not uids:
-            example = "all-minilm-l6-v2" if ability == "embed" else "smollm2-135m-instruct"
+            example = EXAMPLES.get(ability) or ("all-minilm-l6-v2" if ability == "embed" else "smollm2-135m-instruct")
             raise UsageError(f"no running model can {ability}; launch one first: %xnb launch {example}")
         raise UsageError(f"several models can {ability} ({', '.join(uids)}); name one, or pick a default "
                          "with %xnb use UID")
@@ -201,7 +203,10 @@ class XnbMagics(Magics):
         self.current = model.uid
         if not ns.no_wait:
             abilities = model.record["spec"]["abilities"]
-            hint = "%%xnb chat" if "chat" in abilities else "%xnb embed VAR" if "embed" in abilities else "%%xnb complete"
+            hints = {"chat": "%%xnb chat", "embed": "%xnb embed VAR", "transcribe": "%xnb transcribe FILE",
+                     "speech": "%xnb speak TEXT", "rerank": "%xnb rerank --docs VAR QUERY",
+                     "image": "%xnb image PROMPT"}
+            hint = next((hints[a] for a in abilities if a in hints), "%%xnb complete")
             print(f"{model.uid} is ready on {', '.join(model.record['workers'])}; try {hint}")
         return model
 

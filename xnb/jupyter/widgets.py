@@ -23,6 +23,7 @@ from typing import Any
 import ipywidgets as w
 
 from xnb.errors import XnbError
+from xnb.jupyter.media_view import TryBox
 from xnb.jupyter.views import CatalogView, ChatBox, ClusterView, LaunchForm, ModelsView
 
 __all__ = ["Panel", "panel"]
@@ -54,8 +55,10 @@ class Panel(w.VBox):
         self.catalog = CatalogView(self)
         self.cluster = ClusterView(self)
         self.chat = ChatBox(self)
-        self.tabs = w.Tab(children=[self.models, self.launch_form, self.catalog, self.cluster, self.chat])
-        self.tabs.titles = ("Models", "Launch", "Catalog", "Cluster", "Chat")
+        self.try_box = TryBox(self)
+        self.tabs = w.Tab(children=[self.models, self.launch_form, self.catalog, self.cluster, self.chat,
+                                    self.try_box])
+        self.tabs.titles = ("Models", "Launch", "Catalog", "Cluster", "Chat", "Try")
         super().__init__([header, self.tabs])
         self.add_class("xnb-panel")
         self._stop = threading.Event()
@@ -97,6 +100,7 @@ class Panel(w.VBox):
             records = self.client.list()
             self.models.update(records)
             self.chat.update_models(records)
+            self.try_box.update_models(records)
             self.cluster.update(self.client.cluster_info())
             if catalog:
                 rows = self.client.catalog()
@@ -119,7 +123,7 @@ class Panel(w.VBox):
 
     def close(self) -> None:
         self.stop_refreshing()
-        for view in (self.models, self.launch_form, self.catalog, self.cluster, self.chat):
+        for view in (self.models, self.launch_form, self.catalog, self.cluster, self.chat, self.try_box):
             view.close()
         super().close()
 

@@ -34,6 +34,7 @@ from xnb.catalog.schema import LaunchSpec
 from xnb.engines import engine_installed, get_engine
 from xnb.engines.base import Engine, GenerateRequest, ReplicaResources, Sink
 from xnb.protocol import GenerateResult, PullResult, ReplicaStatus
+from xnb.runtime.media import MediaCalls
 from xnb.errors import (
     EngineError,
     InvalidRequest,
@@ -92,8 +93,9 @@ class _Stream:
             self.waiting = False
 
 
-class ModelActor:
-    """One replica of one model (a Dask actor)."""
+class ModelActor(MediaCalls):
+    """One replica of one model (a Dask actor); speech, rerank and image calls come
+    from :class:`~xnb.runtime.media.MediaCalls`."""
 
     def __init__(
         self,
@@ -199,6 +201,7 @@ class ModelActor:
         if engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, engine.unload)
         self._pool.shutdown(wait=False)
+        self._close_media()
         self.status = ReplicaStatus.STOPPED
 
     async def info(self) -> dict[str, Any]:
@@ -219,7 +222,7 @@ class ModelActor:
     # -- admission -----------------------------------------------------------------------
 
     def _inflight(self) -> int:
-        return self._embedding + sum(1 for s in self._streams.values() if not s.sink.done)
+        return self._embedding + self._media_busy + sum(1 for s in self._streams.values() if not s.sink.done)
 
     def _capacity(self) -> int:
         assert self.engine is not None

@@ -34,6 +34,7 @@ __all__ = [
     "ensure_supervisor",
     "configure_dask",
     "ensure_supervisor_async",
+    "reachable",
     "open_dask",
 ]
 
@@ -146,7 +147,7 @@ def _default_worker_class() -> Any:
     return Nanny
 
 
-def _reachable(address: str, timeout: float = 0.5) -> bool:
+def reachable(address: str, timeout: float = 0.5) -> bool:
     parsed = urlparse(address)
     if not parsed.hostname or not parsed.port:
         return False
@@ -180,7 +181,7 @@ def find_running_cluster(settings: XnbSettings | None = None) -> str | None:
         return None
     except PermissionError:
         pass
-    return address if _reachable(address) else None
+    return address if reachable(address) else None
 
 
 def write_runtime_file(settings: XnbSettings, scheduler_address: str, **extra: Any) -> Path:

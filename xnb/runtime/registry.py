@@ -63,6 +63,7 @@ class ModelRecord:
     spec: LaunchSpec
     replicas: list[ReplicaRecord] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # launch options: max_queue, restart, ...
+    launch: dict[str, Any] = field(default_factory=dict)  # what the user asked for (kept by the state store)
     created: float = field(default_factory=time.time)
     ready_at: float | None = None
     last_error: str | None = None

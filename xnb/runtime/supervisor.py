@@ -47,6 +47,7 @@ from xnb.protocol import LaunchOptions, ModelInfo, ModelStatus, ReplicaStatus, f
 from xnb.runtime.placement import Needs, WorkerView, estimate_memory, place
 from xnb.runtime.views import describe_cluster, worker_views
 from xnb.runtime.registry import ModelRecord, ReplicaRecord
+from xnb.runtime.store import StateStore, restore_models
 from xnb.settings import XnbSettings
 
 __all__ = ["Supervisor", "PLUGIN_NAME"]
@@ -82,8 +83,10 @@ class Supervisor(SchedulerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, home: str | None = None) -> None:
+    def __init__(self, home: str | None = None, state_dir: str | None = None) -> None:
         self.home = home
+        self.state_dir = state_dir  # None: nothing persists (the embedded cluster)
+        self.store: StateStore | None = None
         self.models: dict[str, ModelRecord] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -117,6 +120,9 @@ class Supervisor(SchedulerPlugin):
             "xnb_cluster": self.cluster,
         }
         scheduler.handlers.update({k: _handler(v) for k, v in handlers.items()})
+        if self.state_dir is not None:
+            self.store = StateStore(self.state_dir)
+            restore_models(self, self.store.models())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -197,6 +203,11 @@ class Supervisor(SchedulerPlugin):
                 param="model",
             ) from None
 
+    def _persist(self, change: str, record: ModelRecord) -> None:
+        """Tell the state store, if any: ``launch``, ``scale`` or ``terminate``."""
+        if self.store is not None:
+            self.store.apply(change, record, self.scheduler.workers)
+
     def _release(self, replica: ReplicaRecord) -> None:
         if replica.future is not None:
             replica.future.release()
@@ -236,10 +247,26 @@ class Supervisor(SchedulerPlugin):
 
     def launch(self, opts: LaunchOptions) -> ModelInfo:
         """Place the replicas and start loading them; answers at once (status ``launching``)."""
-        model, uid, gpus, gpu_idx, workers = opts.model, opts.uid, opts.gpus, opts.gpu_idx, opts.workers
-        replicas = opts.replicas
+        record, needs = self._new_record(opts)
+        placements = place(self._workers(), needs, opts.replicas, pin_workers=opts.workers, pin_gpus=opts.gpu_idx)
+        record.replicas = [
+            ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
+            for i, p in enumerate(placements)
+        ]
+        self.models[record.uid] = record
+        self._persist("launch", record)
+        self._emit(record, "launch", f"launching {opts.replicas} replica(s) of {record.spec.model_name} "
+                   f"on {record.spec.engine}")
+        for replica in record.replicas:
+            self._spawn(self._start_replica(record, replica))
+        return record.describe()
+
+    def _new_record(self, opts: LaunchOptions) -> tuple[ModelRecord, Needs]:
+        """Resolve and check launch options: a record without replicas (its ``launch``:
+        the options with the uid chosen), and what one replica needs."""
+        uid, gpus, gpu_idx = opts.uid, opts.gpus, opts.gpu_idx
         spec = self.catalog.resolve(
-            model, engine=opts.engine, fmt=opts.format, size=opts.size, quantization=opts.quantization,
+            opts.model, engine=opts.engine, fmt=opts.format, size=opts.size, quantization=opts.quantization,
             engine_options=opts.engine_options,
         )
         if uid is None:  # the model's own name, unless another replica set already uses it
@@ -254,8 +281,6 @@ class Supervisor(SchedulerPlugin):
                 param="uid",
             )
         n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
-        needs = Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
-        placements = place(self._workers(), needs, replicas, pin_workers=workers, pin_gpus=gpu_idx)
         record = ModelRecord(
             uid=uid,
             spec=spec,
@@ -264,19 +289,12 @@ class Supervisor(SchedulerPlugin):
                 "restart": opts.restart,
                 "max_restarts": opts.max_restarts,
                 "gpus": n_gpus,
-                "workers": workers,
+                "workers": opts.workers,
                 "keep_alive": opts.keep_alive,
             },
         )
-        record.replicas = [
-            ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
-            for i, p in enumerate(placements)
-        ]
-        self.models[uid] = record
-        self._emit(record, "launch", f"launching {replicas} replica(s) of {spec.model_name} on {spec.engine}")
-        for replica in record.replicas:
-            self._spawn(self._start_replica(record, replica))
-        return record.describe()
+        record.launch = opts.model_dump(mode="json", exclude_none=True) | {"uid": uid}
+        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
 
     async def _start_replica(self, record: ModelRecord, replica: ReplicaRecord) -> None:
         """Create the actor on its worker and load the model."""
@@ -407,6 +425,7 @@ class Supervisor(SchedulerPlugin):
         if record.terminating:
             return record.describe()
         record.terminating = True
+        self._persist("terminate", record)
         self._emit(record, ModelStatus.TERMINATING, "terminating the model")
         await asyncio.gather(*(self._stop_replica(r) for r in record.replicas))
         self.models.pop(uid, None)
@@ -447,6 +466,7 @@ class Supervisor(SchedulerPlugin):
             await asyncio.gather(*(self._stop_replica(r) for r in drop))
             record.replicas = [r for r in record.replicas if r not in drop]
             self._notify(uid)
+        self._persist("scale", record)
         return record.describe()
 
     # -- handlers: catalog and cluster ----------------------------------------------------------

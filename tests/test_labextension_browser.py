@@ -1,0 +1,202 @@
+"""The xnb JupyterLab sidebar in a real browser (Debian's chromium driven by playwright)
+against the shared Jupyter server: open it, find SmolLM2 in the catalog, launch it and
+follow its progress to ``ready``, insert the ``openai`` snippet into a new notebook and
+run it, chat in the chat tab, terminate the model; and an impossible launch shows its
+error in place.  Screenshots of each step (light and dark theme) go to tests/artifacts/labextension/.
+
+Needs the built extension (scripts/build-labextension.sh), ``/usr/bin/chromium`` and the
+``playwright`` package (scripts/install-browser.sh); skipped, saying so, where they are missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_jupyter import LABEXTENSION, JupyterServer, shared_server
+from test_jupyter_browser import CHROMIUM, CHROMIUM_ARGS
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (scripts/install-browser.sh)")
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh", allow_module_level=True)
+if not (LABEXTENSION / "package.json").exists():
+    pytest.skip("xnb/labextension is not built: run scripts/build-labextension.sh", allow_module_level=True)
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "labextension"
+SMOL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def jupyter(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> JupyterServer:
+    return shared_server(tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def page(jupyter: JupyterServer) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            page = context.new_page()
+            page.goto(f"{jupyter.url}/lab?token={jupyter.token}&reset", timeout=120_000)
+            page.locator("#jp-main-dock-panel").wait_for(timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(autouse=True)
+def final_screenshot(page: Any, request: pytest.FixtureRequest) -> Iterator[None]:
+    """How the page looked when the test ended (the place to look when one fails)."""
+    yield
+    snap(page, f"end-{request.node.name}")
+
+
+def snap(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def open_sidebar(page: Any) -> Any:
+    sidebar = page.locator("#xnb-sidebar")
+    if not sidebar.is_visible():
+        page.locator('.jp-SideBar li[data-id="xnb-sidebar"]').click()
+    sidebar.wait_for(state="visible", timeout=30_000)
+    return sidebar
+
+
+def set_theme(page: Any, theme: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(theme)}$")).click()
+    expect_light = "Light" in theme
+    page.wait_for_function(f"document.body.dataset.jpThemeLight === '{str(expect_light).lower()}'", timeout=30_000)
+
+
+def test_sidebar_launch_use_chat_terminate(jupyter: JupyterServer, page: Any) -> None:
+    sidebar = open_sidebar(page)
+    sidebar.locator(".xnb-conn", has_text="updated").wait_for(timeout=30_000)
+    assert page.locator(".xnb-statusbar").inner_text().startswith("xnb:")
+    snap(page, "01-sidebar")
+
+    sidebar.get_by_role("tab", name="Cluster").click()
+    workers = sidebar.locator(".xnb-workers tbody tr")
+    workers.first.wait_for(timeout=30_000)
+    assert workers.count() == 1 and "1 worker(s)" in sidebar.locator(".xnb-cluster").inner_text()
+    snap(page, "02-cluster")
+
+    # The catalog: search, then the packaged SmolLM2's launch form.
+    sidebar.get_by_role("tab", name="Catalog").click()
+    sidebar.locator(".xnb-catalog-search").fill("smollm2")
+    entry = sidebar.locator(f'.xnb-catalog-entry[data-name="{SMOL}"]')
+    entry.wait_for(timeout=30_000)
+    sidebar.locator(".xnb-catalog-type").select_option("embedding")
+    entry.wait_for(state="detached", timeout=10_000)
+    sidebar.locator(".xnb-catalog-type").select_option("language model")
+    entry.locator(".xnb-open-launch").click()
+    form = entry.locator(".xnb-launch-form")
+    form.locator(".xnb-launch-engine option", has_text="llama-cpp").wait_for(state="attached", timeout=30_000)
+    form.locator(".xnb-launch-uid").fill("lab-smol")
+    snap(page, "03-catalog-launch-form")
+    form.locator(".xnb-launch").click()
+    phase = form.locator(".xnb-launch-phase")
+    phase.wait_for(timeout=30_000)
+    seen = {phase.inner_text()}
+    page.wait_for_function(
+        "document.querySelector('.xnb-launch-form .xnb-launch-phase').textContent.includes('is ready')",
+        timeout=180_000)
+    seen.add(phase.inner_text())
+    assert "lab-smol is ready" in seen, seen
+    assert form.locator(".xnb-launch-error").is_hidden()
+    snap(page, "04-launched")
+
+    sidebar.get_by_role("tab", name="Models").click()
+    card = sidebar.locator('.xnb-model[data-uid="lab-smol"]')
+    card.locator(".xnb-status-ready").first.wait_for(timeout=30_000)
+    assert "llama-cpp" in card.inner_text() and "replica 0" in card.inner_text()
+    card.locator(".xnb-live").wait_for(timeout=30_000)  # live counters of the ready replica
+    page.wait_for_function("document.querySelector('.xnb-statusbar').textContent === 'xnb: 1 ready'",
+                           timeout=60_000)
+    card.locator(".xnb-events-toggle").click()
+    card.locator(".xnb-events .xnb-event").first.wait_for(timeout=30_000)
+    assert "ready" in card.locator(".xnb-events").inner_text()
+    snap(page, "05-models")
+    card.locator(".xnb-events-toggle").click()
+    card.locator(".xnb-events").wait_for(state="detached", timeout=10_000)
+
+    # "Use it": the openai snippet into a new notebook, run there through Jupyter's proxy.
+    card.locator(".xnb-snippet-openai").click()
+    cell = page.locator(".jp-NotebookPanel .jp-Cell").first
+    cell.wait_for(timeout=60_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.jp-NotebookPanel .jp-Cell .cm-content')]"
+        ".some(e => e.textContent.includes('xnb/v1'))", timeout=30_000)
+    source = cell.locator(".cm-content").inner_text()
+    assert f"{jupyter.url}/xnb/v1" in source and '"lab-smol"' in source
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    output = cell.locator(".jp-OutputArea-output")
+    output.first.wait_for(timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    text = output.first.inner_text()
+    assert text.strip() and "Error" not in text and "Traceback" not in text, text
+    snap(page, "06-notebook-openai")
+
+    # The chat tab streams an answer.
+    sidebar.get_by_role("tab", name="Chat").click()
+    chat = sidebar.locator(".xnb-chat")
+    chat.locator(".xnb-chat-model").select_option("lab-smol")
+    chat.locator(".xnb-chat-max-tokens").fill("24")  # a short answer: the machine may be busy
+    chat.locator(".xnb-chat-input").fill("What is the capital of France?")
+    chat.locator(".xnb-chat-send").click()
+    answer = chat.locator(".xnb-msg-assistant:not(.xnb-msg-streaming)")
+    answer.first.wait_for(timeout=120_000)
+    assert answer.first.inner_text().strip()
+    assert chat.locator(".xnb-chat-error").is_hidden()
+    snap(page, "07-chat")
+
+    # Terminate, confirmed in a dialog.
+    sidebar.get_by_role("tab", name="Models").click()
+    card.locator(".xnb-terminate").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.get_by_text("Terminate lab-smol?").wait_for(timeout=10_000)
+    snap(page, "08-terminate-confirm")
+    dialog.locator("button", has_text="Terminate").click()
+    card.wait_for(state="detached", timeout=60_000)
+    assert "lab-smol" not in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]}
+    snap(page, "09-terminated")
+
+
+def test_impossible_launch_shows_error_in_place_dark_theme(jupyter: JupyterServer, page: Any) -> None:
+    sidebar = open_sidebar(page)
+    set_theme(page, "JupyterLab Dark")
+    try:
+        sidebar.get_by_role("tab", name="Catalog").click()
+        sidebar.locator(".xnb-catalog-search").fill(SMOL)
+        sidebar.locator(".xnb-catalog-type").select_option("")
+        entry = sidebar.locator(f'.xnb-catalog-entry[data-name="{SMOL}"]')
+        entry.wait_for(timeout=30_000)
+        form = entry.locator(".xnb-launch-form")
+        if not form.is_visible():
+            entry.locator(".xnb-open-launch").click()
+        form.locator(".xnb-launch-uid").fill("lab-impossible")
+        form.locator(".xnb-launch-gpus").fill("64")  # no worker here has a GPU
+        form.locator(".xnb-launch").click()
+        error = form.locator(".xnb-launch-error")
+        error.wait_for(state="visible", timeout=60_000)
+        message = error.inner_text()
+        assert "GPU" in message, message
+        assert form.locator(".xnb-progress-failed").count() == 1
+        snap(page, "10-launch-error-dark")
+        sidebar.get_by_role("tab", name="Cluster").click()
+        snap(page, "11-cluster-dark")
+        with jupyter.client() as http:
+            if "lab-impossible" in {m["uid"] for m in http.get("/xnb/api/models").json()["data"]}:
+                http.delete("/xnb/api/models/lab-impossible")  # a record in state error
+    finally:
+        set_theme(page, "JupyterLab Light")  # the shared server keeps its settings
