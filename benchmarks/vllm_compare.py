@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--prompts-c1", type=int, default=6, help="requests at concurrency 1")
     parser.add_argument("--prompts-c8", type=int, default=16, help="requests at concurrency 8")
     parser.add_argument("--no-llama", action="store_true", help="skip xnb's llama.cpp engine")
+    parser.add_argument("--llama-threads", type=int, default=1, help="llama.cpp compute threads")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--home", type=Path, help="XNB_HOME (reuses its converted model); default: a new temp dir")
     args = parser.parse_args()
@@ -158,7 +159,9 @@ def main() -> None:
         log(f"xnb-vllm ready in {results['xnb_vllm_launch_s']} s (vLLM start "
             f"{results['xnb_vllm_engine_start_s']} s); folder {folder}")
         if not args.no_llama:
-            client.launch(SMOL, uid="smol-llama", engine="llama-cpp", workers=["llama"], timeout=300)
+            # one compute thread: OpenMP teams that spin stall on a shared, oversubscribed machine
+            client.launch(SMOL, uid="smol-llama", engine="llama-cpp", workers=["llama"], timeout=300,
+                          engine_options={"n_threads": args.llama_threads})
             log("xnb-llama.cpp ready")
 
         vport = free_port()
@@ -190,6 +193,8 @@ def main() -> None:
                              "tpot_p50_ms": s["tpot_ms"]["median"]})
                 log(f"c={conc} {name}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
                     f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']}")
+                if args.out:  # keep what was measured if a later step fails
+                    args.out.write_text(json.dumps({**results, "rows": rows}, indent=1))
         results["rss_mb"] = {"vllm-server": round(rss_mb(vproc.pid)),
                              "xnb-vllm worker": round(rss_mb(procs[1].pid))}
         results["rows"] = rows

