@@ -442,6 +442,16 @@ def test_summary_row() -> None:
     assert row["builtin"] is True
 
 
+def test_summary_rows_are_for_users() -> None:
+    """Each size once (a family lists a size per format), where the files come from, and
+    descriptions without maintainers' notes about file patterns."""
+    for row in Catalog().search():
+        assert len(row.summary()["sizes"]) == len(set(row.summary()["sizes"])), row.name
+        assert not re.search(r"pattern|split in|-of-0", row.description), row.name
+    assert Catalog().get("qwen2.5-instruct").summary()["sizes"] == ["0.5b", "1.5b", "7b"]
+    assert "package" in Catalog().get("smollm2-135m-instruct").summary()["sources"]
+
+
 # -- register / unregister ----------------------------------------------------------------
 
 

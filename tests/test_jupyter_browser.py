@@ -14,9 +14,12 @@ from typing import Any
 
 import nbformat
 import pytest
+from support import wait_until
 from test_jupyter import JupyterServer, shared_server
 
 CHROMIUM = "/usr/bin/chromium"
+#: Screenshots are kept here (git-ignored) for a look after the run.
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -60,6 +63,7 @@ def test_lab_renders_the_xnb_panel(jupyter: JupyterServer, page: Any, tmp_path: 
         assert panel.get_by_role("tab", name=title).is_visible(), title
     assert panel.locator(".xnb-refresh").is_visible()
     assert "No models running" in panel.locator(".xnb-models").inner_text() or panel.locator(".xnb-terminate").count()
+    assert "run this cell again" not in panel.inner_text()  # the live widget, not its placeholder
 
     panel.get_by_role("tab", name="Catalog").click()
     options = panel.locator(".xnb-catalog-list option")
@@ -74,16 +78,52 @@ def test_lab_renders_the_xnb_panel(jupyter: JupyterServer, page: Any, tmp_path: 
     # updated by the panel's background threads while the kernel sits idle.
     panel.get_by_role("tab", name="Launch").click()
     form = panel.locator(".xnb-launch-form")
-    assert form.locator("select").first.input_value() == "smollm2-135m-instruct"
+    assert form.locator("select").first.input_value() == "smollm2-135m-instruct  (packaged)"  # starts offline
     form.get_by_placeholder("the model's name").fill("br-smol")
     form.locator(".xnb-launch").click()
     form.get_by_text("br-smol is ready").wait_for(timeout=120_000)
     page.screenshot(path=str(tmp_path / "xnb-panel-launched.png"))
     panel.get_by_role("tab", name="Models").click()
-    row = panel.locator(".xnb-models .widget-hbox", has_text="br-smol")
-    row.get_by_text("ready").wait_for(timeout=30_000)
+    grid = panel.locator(".xnb-models-grid")
+    uid_cell = grid.locator(".xnb-models-uid", has_text="br-smol")
+    uid_cell.wait_for(timeout=30_000)
+    grid.get_by_text("ready", exact=True).first.wait_for(timeout=30_000)
+    # Headers sit over their columns: each header starts where the first row's cell starts,
+    # and no cell cuts its text off (engine names, worker addresses).
+    headers = grid.locator(".xnb-models-header")
+    cells = grid.locator(".xnb-cell:not(.xnb-models-header)")
+    for i in range(7):
+        head, cell = headers.nth(i).bounding_box(), cells.nth(i).bounding_box()
+        assert abs(head["x"] - cell["x"]) < 2, (i, head, cell)
+    terminate, box = grid.locator(".xnb-terminate").first.bounding_box(), grid.bounding_box()
+    assert terminate["x"] + terminate["width"] <= box["x"] + box["width"] + 1, (terminate, box)  # not cut off
+    clipped = cells.evaluate_all("cs => cs.filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)")
+    assert clipped == [], clipped
     page.screenshot(path=str(tmp_path / "xnb-panel.png"), full_page=True)
     assert (tmp_path / "xnb-panel.png").stat().st_size > 10_000
-    row.locator(".xnb-terminate").click()
-    row.wait_for(state="detached", timeout=60_000)
-    assert "br-smol" not in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]}
+
+    # The chat box sends on Ctrl+Enter (Enter alone is a new line).
+    panel.get_by_role("tab", name="Chat").click()
+    chat = panel.locator(".xnb-chat")
+    chat.locator("select").first.select_option("br-smol")
+    box = chat.locator(".xnb-input textarea")
+    box.fill("Say hello.")
+    box.press("Control+Enter")
+    chat.locator(".xnb-transcript").get_by_text("assistant").wait_for(timeout=90_000)
+    assert "Say hello." in chat.locator(".xnb-transcript").inner_text()
+    page.screenshot(path=str(tmp_path / "xnb-panel-chat.png"))
+
+    # Terminate asks first; the model is only gone after the confirmation.
+    panel.get_by_role("tab", name="Models").click()
+    grid.locator(".xnb-terminate").first.click()
+    confirm = grid.locator(".xnb-confirm-terminate")
+    confirm.wait_for(timeout=30_000)
+    assert "br-smol" in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]}
+    confirm.click()
+    wait_until(lambda: "br-smol" not in {m["uid"] for m in jupyter.client().get("/xnb/api/models").json()["data"]},
+               timeout=60, what="the model to be terminated")
+    uid_cell.wait_for(state="detached", timeout=60_000)
+    keep = ARTIFACTS / "test_jupyter_browser"
+    keep.mkdir(parents=True, exist_ok=True)
+    for shot in tmp_path.glob("*.png"):
+        shutil.copy(shot, keep / shot.name)

@@ -60,7 +60,23 @@ def check_quickstart(nb: nbformat.NotebookNode) -> None:
     first = stream_text(by_tag(nb, "chat-magic")).strip()
     assert len(first.split()) >= 3, first
     assert stream_text(by_tag(nb, "chat-magic-followup")).strip()
+    # %xnb status is an HTML table with the proxied OpenAI URL; addresses are code, not links.
+    status = "".join(o.get("data", {}).get("text/html", "") for o in by_tag(nb, "status").outputs)
+    assert re.search(r"<code>http://127\.0\.0\.1:\d+/xnb/v1</code>", status), status
+    assert "<code>tcp://127.0.0.1:" in status
+    # %xnb launch: one progress output, updated in place until it says ready.
+    launch = by_tag(nb, "launch-magic").outputs
+    shown = [o for o in launch if o.output_type in ("stream", "display_data")]
+    assert len(shown) == 1 and "quickstart-magic is ready on" in shown[0]["data"]["text/plain"], launch
+    events = "".join(o.get("data", {}).get("text/html", "") for o in by_tag(nb, "events").outputs)
+    assert "events of quickstart-magic" in events and "ready" in events
+    # A user error: one line naming the %xnb command to type, no Dask/tornado traceback.
+    (error,) = [o for o in by_tag(nb, "error").outputs if o.output_type == "error"]
+    assert error.traceback == ["ModelNotFound: no model with uid 'no-such-model' is running; "
+                               "%xnb list shows the running models"], error.traceback
+    assert "terminated" in stream_text(by_tag(nb, "terminate-magic"))
     panel = by_tag(nb, "panel").outputs
+    assert any("run this cell again" in o.get("data", {}).get("text/plain", "") for o in panel), panel
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in panel), panel
     assert "terminated" in result_text(by_tag(nb, "cleanup"))
 

@@ -66,6 +66,18 @@ def test_place_spreads_replicas_across_workers():
     assert all(p.gpus == () for p in placements)
 
 
+def test_place_only_on_workers_that_announced_the_engine():
+    from dataclasses import replace
+
+    llama = replace(_w("tcp://a:1", mem=8 * GB), engines=("llama-cpp", "echo"))
+    vllm = replace(_w("tcp://b:1", mem=8 * GB), engines=("vllm",))
+    silent = _w("tcp://c:1", mem=8 * GB)  # announced nothing: may run anything
+    placements = place([llama, vllm, silent], Needs(memory=1 * GB, engine="vllm"), 2)
+    assert sorted(p.worker for p in placements) == ["tcp://b:1", "tcp://c:1"]
+    with pytest.raises(E.PlacementFailed, match="cannot run the vllm engine"):
+        place([llama], Needs(memory=1 * GB, engine="vllm"), 1)
+
+
 def test_place_prefers_the_worker_hosting_fewer_replicas():
     busy = _w("tcp://a:1", mem=8 * GB, placed=(PlacedReplica("m1", 1 * GB), PlacedReplica("m2", 1 * GB)))
     idle = _w("tcp://b:1", mem=8 * GB)
@@ -309,7 +321,7 @@ def test_utf8_decoder_output_does_not_depend_on_how_invalid_bytes_are_split():
 
 # -- errors ------------------------------------------------------------------------------------
 
-ERROR_CLASSES = [getattr(E, name) for name in E.__all__ if name != "error_from_dict"]
+ERROR_CLASSES = [getattr(E, name) for name in E.__all__ if name not in ("error_from_dict", "NextStep")]
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -317,7 +329,7 @@ def test_error_round_trip_keeps_class_status_param_extra(cls):
     err = cls("something went wrong", param="messages", retry_after=7, sources=["a", "b"])
     data = err.to_dict()
     assert data == {"kind": cls.__name__, "message": "something went wrong", "param": "messages",
-                    "extra": {"retry_after": 7, "sources": ["a", "b"]}}
+                    "next_step": None, "extra": {"retry_after": 7, "sources": ["a", "b"]}}
     for back in (E.error_from_dict(data), pickle.loads(pickle.dumps(err))):
         assert type(back) is cls
         assert back.status == cls.status
@@ -326,6 +338,19 @@ def test_error_round_trip_keeps_class_status_param_extra(cls):
         assert back.param == "messages"
         assert back.extra == {"retry_after": 7, "sources": ["a", "b"]}
         assert back.openai_body() == err.openai_body()
+
+
+def test_next_step_renders_per_front_end_and_crosses_dask():
+    step = E.NextStep("events", ("m1",), "shows what happened")
+    err = E.LaunchFailed("model 'm1' failed to launch: no file", next_step=step)
+    assert err.render("cli") == err.message == str(err) == (
+        "model 'm1' failed to launch: no file; `xnb events m1` shows what happened")
+    assert err.render("notebook") == "model 'm1' failed to launch: no file; %xnb events m1 shows what happened"
+    assert err._render_traceback_() == ["LaunchFailed: " + err.render("notebook")]
+    assert err.openai_body()["error"]["message"] == err.message  # HTTP: the terminal form
+    for back in (E.error_from_dict(err.to_dict()), pickle.loads(pickle.dumps(err))):
+        assert type(back) is E.LaunchFailed and back.next_step == step and back.reason == err.reason
+
 
 
 def test_error_statuses_and_openai_body():

@@ -8,7 +8,9 @@ coroutines on the Dask client's own event-loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import io
 import logging
 from pathlib import Path
@@ -23,7 +25,7 @@ from xnb.runtime.cluster import (
     start_local_cluster,
     write_runtime_file,
 )
-from xnb.errors import ClusterUnavailable
+from xnb.errors import ClusterUnavailable, XnbError
 from xnb.runtime.cluster_process import ClusterProcess, main_runs_from_a_file
 from xnb.manager import ModelManager
 from xnb.openai.requests import (
@@ -42,7 +44,12 @@ from xnb.openai.media import (
 from xnb.protocol import ModelInfo
 from xnb.settings import XnbSettings
 
-__all__ = ["connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
+__all__ = ["DEFAULT_MAX_TOKENS", "connect", "connect_async", "Client", "AsyncClient", "Model", "AsyncModel"]
+
+#: Longest answer of ``Model.chat`` / ``complete`` (and of ``%%xnb chat``, the panel's chat)
+#: when the call names no ``max_tokens``: a small model left unbounded can ramble for
+#: minutes.  The HTTP API keeps OpenAI's behaviour (no limit but the context).
+DEFAULT_MAX_TOKENS = 512
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +87,13 @@ def _log_progress(record: ModelInfo) -> None:
     logger.info("model %s: %s", record["uid"], record["status"])
 
 
+def _with_default_limit(params: dict[str, Any]) -> dict[str, Any]:
+    """``max_tokens`` = :data:`DEFAULT_MAX_TOKENS` unless given (``None``: no limit)."""
+    if "max_tokens" not in params and "max_completion_tokens" not in params:
+        return {**params, "max_tokens": DEFAULT_MAX_TOKENS}
+    return {k: v for k, v in params.items() if v is not None or k not in ("max_tokens", "max_completion_tokens")}
+
+
 # -- asyncio ---------------------------------------------------------------------------------
 
 
@@ -107,16 +121,22 @@ class AsyncModel:
         return self
 
     async def chat(self, messages: list[dict[str, Any]] | str, *, stream: bool = False, **params: Any) -> Any:
-        """OpenAI chat completion (a dict), or an async iterator of chunks when streaming."""
+        """OpenAI chat completion (a dict), or an async iterator of chunks when streaming.
+
+        ``max_tokens`` defaults to :data:`DEFAULT_MAX_TOKENS` (512); pass
+        ``max_tokens=None`` for no limit but the model's context."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        params = _with_default_limit(params)
         body = parse_request(ChatCompletionRequest, {"model": self.uid, "messages": messages, "stream": stream, **params})
         if stream:
             return self.manager.chat_completion_stream(body)
         return await self.manager.chat_completion(body)
 
     async def complete(self, prompt: str | list[str], *, stream: bool = False, **params: Any) -> Any:
-        """OpenAI text completion (a dict), or an async iterator of chunks when streaming."""
+        """OpenAI text completion (a dict), or an async iterator of chunks when streaming;
+        ``max_tokens`` defaults to :data:`DEFAULT_MAX_TOKENS` as in :meth:`chat`."""
+        params = _with_default_limit(params)
         body = parse_request(CompletionRequest, {"model": self.uid, "prompt": prompt, "stream": stream, **params})
         if stream:
             return self.manager.completion_stream(body)
@@ -360,14 +380,30 @@ class Client:
         return str(self.dask.scheduler.address)
 
     def _sync(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        return cast(T, self.dask.sync(fn, *args, **kwargs))
+        try:
+            return cast(T, self.dask.sync(fn, *args, **kwargs))
+        except XnbError as exc:  # the user's error, not Dask's: drop the event-loop frames
+            raise exc.with_traceback(None) from None
 
     def _iterate(self, agen: AsyncGenerator[Any, None]) -> Iterator[Any]:
+        pending: dict[str, asyncio.Task[Any]] = {}
+
         async def next_item() -> tuple[bool, Any]:
+            pending["step"] = step = asyncio.ensure_future(agen.__anext__())
             try:
-                return True, await agen.__anext__()
+                return True, await step
             except StopAsyncIteration:
                 return False, None
+
+        async def close() -> None:
+            # Interrupted (Ctrl-C) while a step still runs on the event loop: cancel it
+            # first (closing a running generator is an error), which aborts the generation.
+            step = pending.get("step")
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+            await agen.aclose()
 
         finished = False
         try:
@@ -379,7 +415,7 @@ class Client:
                 yield item
         finally:
             if not finished:
-                self._sync(agen.aclose)  # aborts the generation on the model
+                self._sync(close)  # aborts the generation on the model
 
     def launch(self, name: str, *, wait: bool = True, timeout: float | None = None,
                on_progress: Progress | None = None, **options: Any) -> Model:

@@ -6,13 +6,24 @@ sidecar renders them; the supervisor and model actors ship them across Dask as
 plain dicts (:meth:`XnbError.to_dict` / :func:`error_from_dict`) so a client in
 another process gets the same class back.  Status codes are chosen by class,
 never by matching message text.
+
+An error may carry a :class:`NextStep`: what the user can do about it, as an
+xnb command and its arguments.  Each front end renders it in the syntax the
+user can type where they are — ``xnb list`` in a terminal (the default, also
+used in HTTP error bodies), ``%xnb list`` in a notebook
+(:meth:`XnbError.render`).  In IPython an XnbError shows as that one line,
+without a traceback (``_render_traceback_``).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+Frontend = Literal["cli", "notebook"]
 
 __all__ = [
+    "NextStep",
     "XnbError",
     "InvalidRequest",
     "UnsupportedParameter",
@@ -35,18 +46,64 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class NextStep:
+    """What to do next: an xnb command (``list``, ``events``…), its arguments and
+    what it does, e.g. ``NextStep("events", ("m1",), "shows what happened")``."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    why: str = ""
+
+    def command_line(self, frontend: Frontend = "cli") -> str:
+        """``xnb events m1`` (terminal) or ``%xnb events m1`` (notebook)."""
+        return " ".join(["%xnb" if frontend == "notebook" else "xnb", self.command, *self.args])
+
+    def render(self, frontend: Frontend = "cli") -> str:
+        line = self.command_line(frontend)
+        if frontend == "cli":
+            line = f"`{line}`"
+        return f"{line} {self.why}".strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "args": list(self.args), "why": self.why}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> NextStep | None:
+        if not data:
+            return None
+        return cls(data["command"], tuple(data.get("args") or ()), data.get("why", ""))
+
+
 class XnbError(Exception):
-    """Base of every xnb error: a message for a human plus what HTTP needs."""
+    """Base of every xnb error: a message for a human plus what HTTP needs.
+
+    ``reason`` is the message alone; ``message`` (and ``str()``) add the next
+    step in terminal syntax; :meth:`render` renders it for a front end.
+    """
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, param: str | None = None, next_step: NextStep | None = None,
+                 **extra: Any) -> None:
+        self.reason = message
+        self.next_step = next_step
         self.param = param
         self.extra = extra
+        self.message = self.render("cli")
+        super().__init__(self.message)
+
+    def render(self, frontend: Frontend = "cli") -> str:
+        """The message with its next step in the syntax of ``frontend``."""
+        if self.next_step is None:
+            return self.reason
+        return f"{self.reason.rstrip('. ')}; {self.next_step.render(frontend)}"
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the error is the user's, not a bug."""
+        return [f"{type(self).__name__}: {self.render('notebook')}"]
 
     @property
     def retry_after(self) -> int | None:
@@ -58,8 +115,9 @@ class XnbError(Exception):
         """A msgpack-friendly form, used to carry the error across Dask."""
         return {
             "kind": type(self).__name__,
-            "message": self.message,
+            "message": self.reason,
             "param": self.param,
+            "next_step": self.next_step.to_dict() if self.next_step else None,
             "extra": self.extra,
         }
 
@@ -215,7 +273,8 @@ def error_from_dict(data: dict[str, Any]) -> XnbError:
     """Rebuild an :class:`XnbError` from :meth:`XnbError.to_dict` output."""
     classes = {c.__name__: c for c in _all_subclasses(XnbError)}
     cls = classes.get(data.get("kind", ""), XnbError)
-    return cls(data.get("message", ""), param=data.get("param"), **(data.get("extra") or {}))
+    return cls(data.get("message", ""), param=data.get("param"), next_step=NextStep.from_dict(data.get("next_step")),
+               **(data.get("extra") or {}))
 
 
 def _rebuild(data: dict[str, Any]) -> XnbError:

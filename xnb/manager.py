@@ -27,6 +27,7 @@ from xnb.openai import shapes
 from xnb.runtime.rpc import ActorRef
 from xnb.engines.base import GenerateRequest
 from xnb.errors import (
+    NextStep,
     ClusterUnavailable,
     LaunchFailed,
     ModelNotFound,
@@ -191,8 +192,8 @@ class ModelManager(MediaOperations):
                 return record
             if status.failed:
                 raise LaunchFailed(
-                    f"model {uid!r} failed to launch: {record.get('last_error') or status}. "
-                    "`xnb events UID` shows what happened"
+                    f"model {uid!r} failed to launch: {record.get('last_error') or status}",
+                    next_step=NextStep("events", (uid,), "shows what happened"),
                 )
             if deadline is not None and time.monotonic() >= deadline:
                 raise ModelNotReady(f"model {uid!r} is still {status} after {timeout:.0f}s")
@@ -262,7 +263,8 @@ class ModelManager(MediaOperations):
             )
         if not ready:
             raise ModelNotReady(
-                f"model {uid!r} is {routes['status']}, not ready; wait for it or check `xnb list`"
+                f"model {uid!r} is {routes['status']}, not ready; wait for it",
+                next_step=NextStep("list", why="shows its progress"),
             )
         # Loaded replicas first (an unloaded one reloads for the request), then the least busy.
         best = min(ready, key=lambda r: (r["status"] != ReplicaStatus.READY, self._outstanding[r["key"]]))

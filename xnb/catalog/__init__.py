@@ -26,7 +26,7 @@ from xnb.catalog.schema import (
     Source,
 )
 from xnb.engines import engines_for, get_engine
-from xnb.errors import CatalogEntryNotFound, Conflict, InvalidRequest
+from xnb.errors import CatalogEntryNotFound, Conflict, InvalidRequest, NextStep
 
 __all__ = [
     "Catalog",
@@ -97,9 +97,8 @@ class Catalog:
             close = difflib.get_close_matches(name, self._families, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise CatalogEntryNotFound(
-                f"no model named {name!r} in the catalog.{hint} "
-                "`xnb catalog` lists the models; `xnb register FILE` adds one.",
-                param="model",
+                f"no model named {name!r} in the catalog.{hint}",
+                param="model", next_step=NextStep("catalog", why="lists the models"),
             ) from None
 
     def search(

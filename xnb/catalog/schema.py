@@ -183,7 +183,8 @@ class ModelFamily(_Strict):
             "abilities": list(self.abilities),
             "context_length": self.context_length,
             "formats": sorted({s.format for s in self.specs}),
-            "sizes": [s.size for s in self.specs],
+            "sizes": list(dict.fromkeys(s.size for s in self.specs)),  # one per size, in catalog order
+            "sources": sorted({src.kind for s in self.specs for src in s.sources}),
             "quantizations": sorted({q for s in self.specs for q in s.quantizations}),
             "builtin": self.builtin,
         }

@@ -192,7 +192,8 @@ def worker(scheduler_address: str, nthreads: int | None, memory_limit: str, name
 
         async with cls(
             scheduler_address, nthreads=nthreads or os.cpu_count() or 1, memory_limit=memory_limit,
-            name=name, resources=res or None, security=security, **kwargs,
+            name=name, resources=res or None, security=security,
+            preload=["xnb.runtime.worker_info"], **kwargs,
         ) as w:
             loop = asyncio.get_running_loop()
 

@@ -22,6 +22,7 @@ __all__ = [
     "engine_names",
     "engines_for",
     "engine_installed",
+    "installed_engines",
     "PREFERENCE",
 ]
 
@@ -86,3 +87,8 @@ def engine_installed(name: str) -> bool:
     """Whether the libraries the engine needs are importable in this process."""
     cls = get_engine(name)
     return all(importlib.util.find_spec(mod) is not None for mod in cls.requires)
+
+
+def installed_engines() -> list[str]:
+    """The registered engines whose libraries import in this process (what a worker can run)."""
+    return [n for n in engine_names() if engine_installed(n)]

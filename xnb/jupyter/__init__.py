@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["_jupyter_server_extension_points", "api_url", "load_ipython_extension", "panel"]
+__all__ = ["_jupyter_server_extension_points", "api_url", "jupyter_api_url", "load_ipython_extension", "panel"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
@@ -62,3 +62,22 @@ def api_url(settings: Any = None) -> str:
     except (OSError, ValueError):
         url = None
     return (url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def jupyter_api_url(settings: Any = None) -> str | None:
+    """The OpenAI API as the Jupyter server proxies it, ``{jupyter_url}xnb/v1`` — the
+    address that works from a browser and behind JupyterHub (with the Jupyter token).
+
+    ``XNB_JUPYTER_URL`` (set for kernels by the extension), else ``jupyter_url`` in the
+    runtime file; None when no Jupyter server with the xnb extension runs the cluster.
+    """
+    url = os.environ.get("XNB_JUPYTER_URL")
+    if not url:
+        from xnb.settings import XnbSettings
+
+        settings = settings or XnbSettings()
+        try:
+            url = json.loads(settings.runtime_file.read_text()).get("jupyter_url")
+        except (OSError, ValueError):
+            url = None
+    return f"{url.rstrip('/')}/xnb/v1" if url else None

@@ -45,7 +45,7 @@ from xnb.protocol import ServerStatus
 __all__ = ["KERNEL_ENV_VARS", "XnbExtension"]
 
 #: Environment variables the extension sets for the kernels this server starts.
-KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL", "XNB_JUPYTER_TOKEN")
+KERNEL_ENV_VARS = ("XNB_SCHEDULER_ADDRESS", "XNB_API_URL", "XNB_JUPYTER_TOKEN", "XNB_JUPYTER_URL")
 
 
 class XnbExtension(ExtensionApp):
@@ -194,9 +194,14 @@ class XnbExtension(ExtensionApp):
         if self.state.embedded:
             from xnb.runtime.cluster import write_runtime_file
 
-            write_runtime_file(settings, address, api_url=api_url, jupyter_pid=os.getpid())
+            write_runtime_file(settings, address, api_url=api_url, jupyter_pid=os.getpid(),
+                               jupyter_url=self._jupyter_url())
         if api_url is not None:
-            self._set_kernel_env(XNB_API_URL=api_url)
+            self._set_kernel_env(XNB_API_URL=api_url, XNB_JUPYTER_URL=self._jupyter_url())
+
+    def _jupyter_url(self) -> str:
+        """This server's URL with its base path (JupyterHub: the user's server prefix)."""
+        return str(self.serverapp.connection_url)
 
     def _set_kernel_env(self, **values: str) -> None:
         """Kernels inherit the server's environment: put the cluster's whereabouts there."""

@@ -18,7 +18,9 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from xnb.client import DEFAULT_MAX_TOKENS
 from xnb.errors import XnbError
+from xnb.jupyter.display import Report, Table, code
 from xnb.jupyter.media_magics import EXAMPLES, MEDIA_HELP, media_commands
 from xnb.protocol import ModelStatus, launch_option_specs, parse_pairs
 from xnb.runtime.registry import progress_line
@@ -31,6 +33,7 @@ HELP = """\
   %xnb launch NAME [--engine E] [--format F] [--size S] [-q QUANT] [--uid UID] [--replicas N] [--no-wait]
                    [--keep-alive S] [--max-queue N] [--gpus N] ... (every flag of `xnb launch`)
   %xnb list                        running models
+  %xnb events UID                  what happened to a model (launch steps, failures)
   %xnb terminate UID
   %xnb catalog [TEXT] [--ability A] [--format F]
   %xnb status                      cluster, workers, models, API address
@@ -48,11 +51,9 @@ HELP = """\
   TEXT TO CONTINUE
 
 Without UID, chat/complete/embed use the model set by %xnb use or the last %xnb launch,
-or the only running model that can do it.
+or the only running model that can do it.  Interrupting the kernel stops an answer
+(the model keeps running).  Unknown or misspelled options are errors.
 """ + MEDIA_HELP
-
-#: Longest answer of %%xnb chat / complete unless --max-tokens says otherwise.
-DEFAULT_MAX_TOKENS = 512
 
 _VAR = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
 
@@ -88,7 +89,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(name: str) -> _Parser:
-    return _Parser(prog=f"%xnb {name}", add_help=False)
+    # allow_abbrev=False: "--replica 2" is an error, not a silent "--replicas 2".
+    return _Parser(prog=f"%xnb {name}", add_help=False, allow_abbrev=False)
 
 
 def launch_parser() -> _Parser:
@@ -149,7 +151,7 @@ class XnbMagics(Magics):
         command, args = argv[0], argv[1:]
         commands: dict[str, Callable[[list[str], str | None], Any]] = {
             "help": lambda a, c: print(HELP),
-            "launch": self._launch, "list": self._list, "terminate": self._terminate,
+            "launch": self._launch, "list": self._list, "terminate": self._terminate, "events": self._events,
             "catalog": self._catalog, "status": self._status, "use": self._use,
             "embed": self._embed, "reset": self._reset, "panel": self._panel,
             "chat": self._chat, "complete": self._complete,
@@ -159,8 +161,8 @@ class XnbMagics(Magics):
             raise UsageError(f"%xnb: unknown command {command!r}; %xnb help lists them")
         try:
             return commands[command](args, cell)
-        except XnbError as exc:
-            raise UsageError(f"{exc.message} [{exc.status} {exc.code}]") from None
+        except XnbError as exc:  # one line, with the next step as a %xnb command
+            raise UsageError(exc.render("notebook")) from None
 
     def _namespace(self) -> dict[str, Any]:
         return self.shell.user_ns if self.shell is not None else {}
@@ -186,38 +188,51 @@ class XnbMagics(Magics):
 
     def _launch(self, args: list[str], cell: str | None) -> Any:
         ns = launch_parser().parse_args(args)
-        last = {"line": ""}
+        line = _LiveLine(self.shell)
 
         def progress(record: dict[str, Any]) -> None:
-            line = progress_line(record)
-            if line != last["line"]:
-                print(line, flush=True)
-                last["line"] = line
+            line.show(progress_line(record))
 
         options = {spec.name: getattr(ns, spec.name) for spec in launch_option_specs()}
         for spec in launch_option_specs():
             if spec.mapping and options[spec.name] is not None:
                 options[spec.name] = parse_pairs(options[spec.name], spec.flags[0])
-        model = self.client.launch(ns.name, wait=not ns.no_wait, on_progress=progress,
-                                   **{k: v for k, v in options.items() if v is not None})
+        try:
+            model = self.client.launch(ns.name, wait=not ns.no_wait, on_progress=progress,
+                                       **{k: v for k, v in options.items() if v is not None})
+        except BaseException:
+            line.done()
+            raise
         self.current = model.uid
-        if not ns.no_wait:
+        if not ns.no_wait:  # the progress line becomes the result
             abilities = model.record["spec"]["abilities"]
             hints = {"chat": "%%xnb chat", "embed": "%xnb embed VAR", "transcribe": "%xnb transcribe FILE",
                      "speech": "%xnb speak TEXT", "rerank": "%xnb rerank --docs VAR QUERY",
                      "image": "%xnb image PROMPT"}
             hint = next((hints[a] for a in abilities if a in hints), "%%xnb complete")
-            print(f"{model.uid} is ready on {', '.join(model.record['workers'])}; try {hint}")
+            line.show(f"{model.uid} is ready on {', '.join(_short(a) for a in model.record['workers'])}; try {hint}")
+        line.done()
         return model
 
-    def _list(self, args: list[str], cell: str | None) -> None:
+    def _list(self, args: list[str], cell: str | None) -> Table:
+        _parser("list").parse_args(args)
         rows = [[m["uid"], m["model_name"], m["status"], m["spec"]["engine"],
-                 f"{m['replicas_ready']}/{len(m['replicas'])}", ", ".join(m["workers"])]
+                 f"{m['replicas_ready']}/{len(m['replicas'])}", code(", ".join(_short(a) for a in m["workers"])),
+                 m.get("last_error") or ""]
                 for m in self.client.list()]
-        if not rows:
-            print("no models running; %xnb launch NAME starts one (%xnb catalog lists them)")
-            return
-        _table(rows, ["UID", "MODEL", "STATUS", "ENGINE", "READY", "WORKERS"])
+        notes = []
+        if any(ModelStatus(r[2]).failed for r in rows):
+            notes.append("%xnb events UID shows what happened; %xnb terminate UID removes a failed model")
+        return Table(["UID", "MODEL", "STATUS", "ENGINE", "READY", "WORKERS", "PROBLEM"], rows, notes=notes,
+                     empty="no models running; %xnb launch NAME starts one (%xnb catalog lists them)")
+
+    def _events(self, args: list[str], cell: str | None) -> Table:
+        p = _parser("events")
+        p.add_argument("uid")
+        uid = p.parse_args(args).uid
+        rows = [[time.strftime("%H:%M:%S", time.localtime(e["time"])), e["kind"], e["message"]]
+                for e in self.client.get(uid).events()]
+        return Table(["TIME", "EVENT", "MESSAGE"], rows, title=f"events of {uid}", empty="no events yet")
 
     def _terminate(self, args: list[str], cell: str | None) -> None:
         p = _parser("terminate")
@@ -229,31 +244,38 @@ class XnbMagics(Magics):
             self.current = None
         print(f"{uid}: {result['status']}")
 
-    def _catalog(self, args: list[str], cell: str | None) -> None:
+    def _catalog(self, args: list[str], cell: str | None) -> Table:
         p = _parser("catalog")
         p.add_argument("text", nargs="?")
         p.add_argument("--ability")
         p.add_argument("--format")
         ns = p.parse_args(args)
         filters = {k: v for k, v in (("ability", ns.ability), ("format", ns.format)) if v}
-        rows = [[f["name"], ",".join(f["abilities"]), ",".join(f["formats"]), ",".join(f["sizes"])]
-                for f in self.client.catalog(ns.text, **filters)]
-        if not rows:
-            print("no catalog entry matches")
-            return
-        _table(rows, ["NAME", "ABILITIES", "FORMATS", "SIZES"])
+        from xnb.jupyter.offline import offline_labels
 
-    def _status(self, args: list[str], cell: str | None) -> None:
-        from xnb.jupyter import api_url
+        found = self.client.catalog(ns.text, **filters)
+        offline = offline_labels(self.client, found)
+        rows = [[f["name"], ", ".join(f["abilities"]), ", ".join(f["formats"]), ", ".join(f["sizes"]),
+                 offline[f["name"]]] for f in found]
+        return Table(["NAME", "ABILITIES", "FORMATS", "SIZES", "OFFLINE"], rows, empty="no catalog entry matches",
+                     notes=["OFFLINE: packaged = ships in a Python package, cached = downloaded on a worker"])
 
+    def _status(self, args: list[str], cell: str | None) -> Report:
+        from xnb.jupyter import api_url, jupyter_api_url
+
+        _parser("status").parse_args(args)
         info = self.client.cluster_info()
-        print(f"scheduler: {info['scheduler']}")
-        print(f"OpenAI API (if a sidecar runs): {api_url()}/v1")
-        print(f"models: {info['models']}   default model: {self.current or '-'}")
-        rows = [[w["name"], w["address"], w["status"], w["nthreads"], _gb(w["memory_used"]) + " / "
-                 + _gb(w["memory_limit"]), w["gpus"], ", ".join(f"{m['uid']}#{m['replica']}" for m in w["models"]) or "-"]
+        facts: list[tuple[str, Any]] = [("scheduler", code(info["scheduler"]))]
+        proxied = jupyter_api_url()
+        if proxied:
+            facts.append(("OpenAI API (browser, JupyterHub; your Jupyter token)", code(proxied)))
+        facts.append(("OpenAI API (this machine)", code(f"{api_url()}/v1")))
+        facts.append(("models", f"{info['models']}   (default model: {self.current or '-'})"))
+        rows = [[w["name"], code(_short(w["address"])), w["status"], w["nthreads"],
+                 _gb(w["memory_used"]) + " / " + _gb(w["memory_limit"]), w["gpus"],
+                 ", ".join(f"{m['uid']}#{m['replica']}" for m in w["models"]) or "-"]
                 for w in info["workers"]]
-        _table(rows, ["WORKER", "ADDRESS", "STATUS", "CORES", "MEMORY", "GPUS", "MODELS"])
+        return Report(facts, [Table(["WORKER", "ADDRESS", "STATUS", "CORES", "MEMORY", "GPUS", "MODELS"], rows)])
 
     def _use(self, args: list[str], cell: str | None) -> None:
         p = _parser("use")
@@ -308,7 +330,8 @@ class XnbMagics(Magics):
             history.insert(0, {"role": "system", "content": interpolate(ns.system, self._namespace())})
         messages = [*history, {"role": "user", "content": prompt}]
         answer = self._stream(uid, "chat", messages, ns)
-        history[:] = [*messages, {"role": "assistant", "content": answer}]
+        if answer is not None:  # an interrupted exchange is not kept
+            history[:] = [*messages, {"role": "assistant", "content": answer}]
 
     def _complete(self, args: list[str], cell: str | None) -> None:
         if cell is None:
@@ -317,20 +340,26 @@ class XnbMagics(Magics):
         uid = self._pick(ns.uid, "generate")
         self._stream(uid, "complete", interpolate(cell.rstrip("\n"), self._namespace()), ns)
 
-    def _stream(self, uid: str, kind: str, payload: Any, ns: argparse.Namespace) -> str:
-        """Print the answer as it arrives; return it (and store it with --out)."""
+    def _stream(self, uid: str, kind: str, payload: Any, ns: argparse.Namespace) -> str | None:
+        """Print the answer as it arrives; return it (and store it with --out).  Ctrl-C
+        (interrupt) stops it with one line and returns None; the model keeps running."""
         params = {k: v for k, v in (("max_tokens", ns.max_tokens), ("temperature", ns.temperature)) if v is not None}
         model = self.client.get(uid)
         chunks = model.chat(payload, stream=True, **params) if kind == "chat" else \
             model.complete(payload, stream=True, **params)
         parts: list[str] = []
         started = time.monotonic()
-        for chunk in chunks:
-            for choice in chunk.get("choices") or []:
-                text = choice["delta"].get("content") if kind == "chat" else choice.get("text")
-                if text:
-                    parts.append(text)
-                    print(text, end="", flush=True)
+        try:
+            for chunk in chunks:
+                for choice in chunk.get("choices") or []:
+                    text = choice["delta"].get("content") if kind == "chat" else choice.get("text")
+                    if text:
+                        parts.append(text)
+                        print(text, end="", flush=True)
+        except KeyboardInterrupt:
+            chunks.close()  # aborts the generation; the model stays up for the next request
+            print(f"\n[interrupted after {len(parts)} pieces; the model {uid} keeps running]", flush=True)
+            return None
         print(flush=True)
         answer = "".join(parts)
         if ns.out:
@@ -343,11 +372,37 @@ def _gb(n: Any) -> str:
     return f"{(n or 0) / 2**30:.1f} GiB"
 
 
-def _table(rows: list[list[Any]], headers: list[str]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+def _short(address: str) -> str:
+    return address.replace("tcp://", "").replace("tls://", "")
+
+
+class _LiveLine:
+    """One line of text that updates in place: a display that is updated in a notebook,
+    a carriage return in a terminal."""
+
+    def __init__(self, shell: Any) -> None:
+        self.in_kernel = getattr(shell, "kernel", None) is not None
+        self.handle: Any = None
+        self.text = ""
+
+    def show(self, text: str) -> None:
+        if text == self.text:
+            return
+        self.text = text
+        if self.in_kernel:
+            from IPython.display import display
+
+            if self.handle is None:
+                self.handle = display({"text/plain": text}, raw=True, display_id=True)
+            else:
+                self.handle.update({"text/plain": text}, raw=True)
+        else:
+            print(f"\r{text}\x1b[K", end="", flush=True)
+
+    def done(self) -> None:
+        if not self.in_kernel and self.text:
+            print(flush=True)
+        self.handle, self.text = None, ""
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -13,8 +13,12 @@ import time
 from typing import Any
 
 import ipywidgets as w
+from IPython.display import Javascript
 
-from xnb.errors import InvalidRequest
+from xnb.client import DEFAULT_MAX_TOKENS
+from xnb.errors import InvalidRequest, LaunchFailed, XnbError
+from xnb.jupyter.models_view import ModelsView
+from xnb.runtime.registry import progress_line
 from xnb.protocol import ModelStatus, ReplicaStatus, launch_option_specs, parse_pairs
 
 __all__ = ["CatalogView", "ChatBox", "ClusterView", "LaunchForm", "ModelsView", "launch_progress"]
@@ -26,21 +30,8 @@ def _engines(client: Any, name: str) -> list[dict[str, Any]]:
     return client.engines(name)
 
 
-def _replica_info(client: Any, uid: str) -> list[dict[str, Any]]:
-    return client.replica_info(uid)
-
-
 def _short(address: str) -> str:
     return address.replace("tcp://", "").replace("tls://", "")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _gib(n: Any) -> str:
@@ -70,7 +61,8 @@ def _set_options(widget: Any, options: list[Any], prefer: Any = None) -> None:
 
 
 def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
-    """A model record's launch progress as ``(fraction 0..1, text)``: download → load → ready."""
+    """A model record's launch progress as ``(fraction 0..1, text)``: download → load → ready,
+    the text being :func:`~xnb.runtime.registry.progress_line` (phases, elapsed time, bytes)."""
     fractions = []
     for r in record.get("replicas", []):
         status, p = ReplicaStatus(r["status"]), r.get("progress") or {}
@@ -84,7 +76,7 @@ def launch_progress(record: dict[str, Any]) -> tuple[float, str]:
         else:
             fractions.append(0.02 if status.launching else 0.0)
     fraction = sum(fractions) / len(fractions) if fractions else 0.0
-    return fraction, f"{record['uid']}: {record['status']} ({record.get('replicas_ready', 0)}/{len(fractions)} ready)"
+    return fraction, progress_line(record)
 
 
 class CatalogView(w.VBox):
@@ -93,6 +85,7 @@ class CatalogView(w.VBox):
     def __init__(self, panel: Any) -> None:
         self.panel = panel
         self.rows: list[dict[str, Any]] = []
+        self.offline: dict[str, str] = {}
         self.text = w.Text(placeholder="name or description", description="Search")
         self.ability = w.Dropdown(options=_options([]), description="Ability")
         self.format = w.Dropdown(options=_options([]), description="Format")
@@ -110,8 +103,9 @@ class CatalogView(w.VBox):
                           self.list, self.details, self.use])
         self.add_class("xnb-catalog")
 
-    def set_rows(self, rows: list[dict[str, Any]]) -> None:
+    def set_rows(self, rows: list[dict[str, Any]], offline: dict[str, str] | None = None) -> None:
         self.rows = rows
+        self.offline = offline or {}
         _set_options(self.ability, _options({a for r in rows for a in r["abilities"]}))
         _set_options(self.format, _options({f for r in rows for f in r["formats"]}))
         _set_options(self.size, _options({s for r in rows for s in r["sizes"]}))
@@ -127,7 +121,8 @@ class CatalogView(w.VBox):
 
     def apply_filter(self) -> None:
         rows = self.filtered()
-        self.list.options = [(f"{r['name']}  ·  {', '.join(r['abilities'])}  ·  {', '.join(r['sizes'])}", r["name"])
+        self.list.options = [(f"{r['name']}  ·  {', '.join(r['abilities'])}  ·  {', '.join(r['sizes'])}"
+                              + (f"  ·  {self.offline[r['name']]}" if self.offline.get(r["name"]) else ""), r["name"])
                              for r in rows]
         self.count.value = f"{len(rows)} of {len(self.rows)} models"
 
@@ -144,10 +139,13 @@ class CatalogView(w.VBox):
             f"<tr><td>{html.escape(e['engine'])}</td><td>{e['format']}</td><td>{e['size']}</td>"
             f"<td>{', '.join(e['quantizations'])}</td><td>{'yes' if e['requires_gpu'] else 'no'}</td></tr>"
             for e in engines)
+        offline = {"packaged": "yes — ships in a Python package", "cached": "yes — downloaded on a worker"}.get(
+            self.offline.get(name, ""), "no — downloads from the model hub")
         self.details.value = (
             f"<b>{html.escape(name)}</b>: {html.escape(row['description'])}<br>"
             f"context {row['context_length']} · formats {', '.join(row['formats'])} · "
-            f"quantizations {', '.join(row['quantizations']) or '-'}"
+            f"quantizations {', '.join(row['quantizations']) or '-'} · sizes {', '.join(row['sizes'])}<br>"
+            f"available offline: {offline}"
             "<table class='xnb-engines'><tr><th>engine</th><th>format</th><th>size</th>"
             f"<th>quantizations</th><th>GPU</th></tr>{lines}</table>")
 
@@ -212,9 +210,11 @@ class LaunchForm(w.VBox):
                           self.replicas, more, w.HBox([self.button, self.progress]), self.message])
         self.add_class("xnb-launch-form")
 
-    def set_catalog(self, rows: list[dict[str, Any]]) -> None:
-        self.sizes = {r["name"]: list(r["sizes"]) for r in rows}
-        _set_options(self.model, sorted(self.sizes), prefer=DEFAULT_MODEL)
+    def set_catalog(self, rows: list[dict[str, Any]], offline: dict[str, str] | None = None) -> None:
+        self.sizes = {r["name"]: list(dict.fromkeys(r["sizes"])) for r in rows}
+        offline = offline or {}
+        _set_options(self.model, [(f"{n}  ({offline[n]})" if offline.get(n) else n, n) for n in sorted(self.sizes)],
+                     prefer=DEFAULT_MODEL)
 
     def _model_changed(self, change: dict[str, Any]) -> None:
         name = change["new"]
@@ -237,12 +237,20 @@ class LaunchForm(w.VBox):
         self.progress.bar_style = "info"
         self.progress.value = 0.0
         self.message.value = f"launching {html.escape(str(self.model.value))}…"
+        model = None
         try:
             model = self.panel.client.launch(self.model.value, wait=False,
                                              **{k: v for k, v in options.items() if v is not None})
             self.show_progress(model.record)
             self.panel.background(self.panel.refresh)
             model.wait(on_progress=self.show_progress)
+        except XnbError as exc:  # stays in the form (and the header) until the next launch
+            self.progress.bar_style = "danger"
+            where = " The Models tab lists it with Retry and Dismiss." if isinstance(exc, LaunchFailed) else ""
+            self.message.value = (f"<span style='color:#b00020'>{html.escape(exc.render('notebook'))}</span>"
+                                  f"{html.escape(where)}")
+            self.panel.set_status(exc.render("notebook"), error=True)
+            return None
         except Exception:
             self.progress.bar_style = "danger"
             raise
@@ -252,65 +260,13 @@ class LaunchForm(w.VBox):
         # Only now: when the form says ready, the models table says so too.
         self.progress.bar_style = "success"
         self.message.value = f"<b>{html.escape(model.uid)}</b> is ready"
+        self.panel.set_status(f"{model.uid} is ready")
         return model
 
     def show_progress(self, record: dict[str, Any]) -> None:
         fraction, text = launch_progress(record)
         self.progress.value = fraction
         self.message.value = html.escape(text)
-
-
-class ModelsView(w.VBox):
-    """Running models: status, engine, worker, uptime, requests, and a terminate button each."""
-
-    COLUMNS = (("UID", "170px"), ("Model", "200px"), ("Status", "90px"), ("Engine", "140px"),
-               ("Worker", "160px"), ("Uptime", "70px"), ("Requests", "70px"))
-
-    def __init__(self, panel: Any) -> None:
-        self.panel = panel
-        self._uids: list[str] = []
-        self._cells: dict[str, list[w.Label]] = {}
-        self.header = w.HBox([w.HTML(f"<b>{name}</b>", layout=w.Layout(width=width)) for name, width in self.COLUMNS])
-        self.empty = w.HTML("<i>No models running. Launch one in the Launch tab.</i>")
-        super().__init__([self.header, self.empty])
-        self.add_class("xnb-models")
-
-    def update(self, records: list[dict[str, Any]]) -> None:
-        uids = [r["uid"] for r in records]
-        if uids != self._uids:
-            self._rebuild(uids)
-        now = time.time()
-        for record in records:
-            requests = "-"
-            if ModelStatus(record["status"]).serving:
-                infos = _replica_info(self.panel.client, record["uid"])
-                requests = str(sum(i.get("counters", {}).get("requests", 0)
-                                   + i.get("counters", {}).get("embed_requests", 0) for i in infos))
-            values = [record["uid"], record["model_name"], record["status"], record["spec"]["engine"],
-                      ", ".join(_short(a) for a in record["workers"]),
-                      _duration(now - record["ready_at"]) if record.get("ready_at") else "-", requests]
-            for label, value in zip(self._cells[record["uid"]], values):
-                label.value = value
-
-    def _rebuild(self, uids: list[str]) -> None:
-        rows: list[w.Widget] = [self.header]
-        self._cells = {}
-        for uid in uids:
-            cells = [w.Label(layout=w.Layout(width=width)) for _, width in self.COLUMNS]
-            stop = w.Button(description="Terminate", button_style="danger", layout=w.Layout(width="100px"))
-            stop.add_class("xnb-terminate")
-            stop.on_click(lambda _, uid=uid: self.panel.background(self.terminate, uid))
-            self._cells[uid] = cells
-            rows.append(w.HBox([*cells, stop]))
-        if not uids:
-            rows.append(self.empty)
-        self._uids = uids
-        self.children = rows
-
-    def terminate(self, uid: str) -> None:
-        self.panel.set_status(f"terminating {uid}…")
-        self.panel.client.terminate(uid)
-        self.panel.refresh()
 
 
 class ClusterView(w.VBox):
@@ -338,6 +294,25 @@ class ClusterView(w.VBox):
                             f"<th>cores</th><th>memory</th><th>GPUs</th><th>models</th></tr>{rows}</table>")
 
 
+#: Ctrl/Shift/Cmd+Enter in the chat box sends (a capture listener, so neither the textarea nor
+#: JupyterLab's Shift+Enter "run cell" sees it); installed once per page.
+SEND_KEYS_JS = """
+if (!window.__xnbChatKeys) {
+  window.__xnbChatKeys = true;
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.shiftKey || event.metaKey)) return;
+    const box = event.target instanceof HTMLTextAreaElement ? event.target.closest(".xnb-chat") : null;
+    if (!box) return;
+    event.preventDefault();
+    event.stopPropagation();
+    event.target.dispatchEvent(new Event("change", {bubbles: true}));  // sync the typed text first
+    const send = box.querySelector(".xnb-send");
+    if (send && !send.disabled) send.click();
+  }, true);
+}
+"""
+
+
 class ChatBox(w.VBox):
     """Chat with a running model; the answer streams in as it is generated."""
 
@@ -346,19 +321,25 @@ class ChatBox(w.VBox):
         self.histories: dict[str, list[dict[str, str]]] = {}
         self.model = w.Dropdown(options=[], description="Model")
         self.system = w.Text(description="System", placeholder="optional system prompt", layout=w.Layout(width="45%"))
-        self.max_tokens = w.BoundedIntText(value=256, min=1, max=32768, description="Max tokens",
+        self.max_tokens = w.BoundedIntText(value=DEFAULT_MAX_TOKENS, min=1, max=32768, description="Max tokens",
                                            layout=w.Layout(width="180px"))
         self.transcript = w.HTML(layout=w.Layout(max_height="320px", overflow="auto", border="1px solid #ddd",
                                                  padding="4px"))
         self.transcript.add_class("xnb-transcript")
-        self.input = w.Textarea(placeholder="Ask something…", layout=w.Layout(width="80%", height="60px"))
+        self.input = w.Textarea(placeholder="Ask something…  (Ctrl+Enter or Shift+Enter sends; Enter: new line)",
+                                layout=w.Layout(width="80%", height="60px"))
+        self.input.add_class("xnb-input")
+        # ipywidgets has no key events: a small script (run once per page) makes Ctrl/Shift/Cmd+Enter
+        # in this box click Send.  An Output widget's outputs are trusted, so JupyterLab runs it.
+        self.send_keys = w.Output(layout=w.Layout(height="0px", overflow="hidden"))
+        self.send_keys.append_display_data(Javascript(SEND_KEYS_JS))
         self.send = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.send.add_class("xnb-send")
         self.clear = w.Button(description="Clear")
         self.send.on_click(lambda _: self.panel.background(self.ask, self.input.value))
         self.clear.on_click(lambda _: self.reset())
         super().__init__([w.HBox([self.model, self.system, self.max_tokens]), self.transcript,
-                          w.HBox([self.input, w.VBox([self.send, self.clear])])])
+                          w.HBox([self.input, w.VBox([self.send, self.clear])]), self.send_keys])
         self.add_class("xnb-chat")
 
     def update_models(self, records: list[dict[str, Any]]) -> None:

@@ -23,12 +23,17 @@ from typing import Any
 import ipywidgets as w
 
 from xnb.errors import XnbError
+from xnb.jupyter.offline import offline_labels
 from xnb.jupyter.media_view import TryBox
 from xnb.jupyter.views import CatalogView, ChatBox, ClusterView, LaunchForm, ModelsView
 
 __all__ = ["Panel", "panel"]
 
 logger = logging.getLogger(__name__)
+
+#: What a notebook shows where the live panel cannot be (widgets end with their kernel).
+PLACEHOLDER = ("xnb panel — its live view ended with the kernel that made it; run this cell again "
+               "(or %xnb panel) to show it")
 
 _live_panels: weakref.WeakSet[Panel] = weakref.WeakSet()
 
@@ -43,13 +48,15 @@ class Panel(w.VBox):
             client = xnb.connect()
         self.client = client
         self.refresh_s = refresh_s
-        self.status = w.HTML(layout=w.Layout(flex="1"))
+        self.status = w.HTML(layout=w.Layout(flex="1"))  # what happened last (errors stay)
         self.status.add_class("xnb-status")
+        self.updated = w.HTML()  # the background refresh writes here, never over a message
+        self.updated.add_class("xnb-updated")
         refresh = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="110px"))
         refresh.add_class("xnb-refresh")
         refresh.on_click(lambda _: self.background(self.refresh))
         header = w.HBox([w.HTML(f"<b>xnb</b> &nbsp;<code>{html.escape(client.scheduler_address)}</code>"),
-                         self.status, refresh])
+                         self.status, self.updated, refresh])
         self.models = ModelsView(self)
         self.launch_form = LaunchForm(self)
         self.catalog = CatalogView(self)
@@ -81,7 +88,7 @@ class Panel(w.VBox):
             try:
                 fn(*args)
             except XnbError as exc:
-                self.set_status(f"{exc.message}", error=True)
+                self.set_status(exc.render("notebook"), error=True)
             except Exception as exc:  # a widget callback must never die silently: show and log it
                 logger.exception("xnb panel: %s failed", getattr(fn, "__name__", fn))
                 self.set_status(f"{type(exc).__name__}: {exc}", error=True)
@@ -104,19 +111,29 @@ class Panel(w.VBox):
             self.cluster.update(self.client.cluster_info())
             if catalog:
                 rows = self.client.catalog()
-                self.catalog.set_rows(rows)
-                self.launch_form.set_catalog(rows)
-        self.set_status(f"{len(records)} model(s) · updated {time.strftime('%H:%M:%S')}")
+                offline = offline_labels(self.client, rows)
+                self.catalog.set_rows(rows, offline)
+                self.launch_form.set_catalog(rows, offline)
+        self.updated.value = (f"<span style='color:#777'>{len(records)} model(s) · "
+                              f"updated {time.strftime('%H:%M:%S')}</span>")
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_s):
             try:
                 self.refresh()
             except XnbError as exc:
-                self.set_status(exc.message, error=True)
+                self.set_status(exc.render("notebook"), error=True)
             except Exception as exc:  # noqa: BLE001 - keep refreshing after a transient failure; show it
                 logger.warning("xnb panel refresh failed: %s", exc)
                 self.set_status(f"refresh failed: {type(exc).__name__}: {exc}", error=True)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The widget, with a plain-text stand-in for wherever it cannot be shown (a saved
+        notebook after the kernel restarted, nbconvert, GitHub)."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = PLACEHOLDER
+        return bundle
 
     def stop_refreshing(self) -> None:
         self._stop.set()

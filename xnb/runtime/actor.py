@@ -19,6 +19,7 @@ built on the client side — and :meth:`abort` cancels.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 import uuid
@@ -36,6 +37,7 @@ from xnb.engines.base import Engine, GenerateRequest, ReplicaResources, Sink
 from xnb.protocol import GenerateResult, PullResult, ReplicaStatus
 from xnb.runtime.media import MediaCalls
 from xnb.errors import (
+    NextStep,
     EngineError,
     InvalidRequest,
     LaunchFailed,
@@ -93,6 +95,11 @@ class _Stream:
             self.waiting = False
 
 
+def _import_all(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)
+
+
 class ModelActor(MediaCalls):
     """One replica of one model (a Dask actor); speech, rerank and image calls come
     from :class:`~xnb.runtime.media.MediaCalls`."""
@@ -133,8 +140,12 @@ class ModelActor(MediaCalls):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _report(self, phase: str, **extra: Any) -> None:
-        """Tell the Supervisor (a Dask event); callable from any thread."""
-        msg = {"uid": self.uid, "replica": self.replica, "phase": phase, **extra}
+        """Tell the Supervisor (a Dask event); callable from any thread.  ``since`` is
+        when this phase began and ``step`` what it does now, so progress shows elapsed time."""
+        now = time.time()
+        if phase != getattr(self, "_phase", None):
+            self._phase, self._phase_started = phase, now
+        msg = {"uid": self.uid, "replica": self.replica, "phase": phase, "since": self._phase_started, **extra}
         self._loop.call_soon_threadsafe(self._worker.log_event, PROGRESS_TOPIC, msg)
 
     async def load(self) -> dict[str, Any]:
@@ -159,7 +170,11 @@ class ModelActor(MediaCalls):
             lambda: resolve_files(self.spec, cache_dir=self.cache_dir, progress=lambda p: self._report(**p)),
         )
         self.status = ReplicaStatus.LOADING
-        self._report(ReplicaStatus.LOADING.value, path=str(self._files.path), size_bytes=self._files.size_bytes)
+        where = {"path": str(self._files.path), "size_bytes": self._files.size_bytes}
+        if engine_cls.requires:  # importing torch & co. takes seconds: say so
+            self._report(ReplicaStatus.LOADING.value, step=f"importing {', '.join(engine_cls.requires)}", **where)
+            await self._loop.run_in_executor(self._pool, _import_all, engine_cls.requires)
+        self._report(ReplicaStatus.LOADING.value, step="reading the weights", **where)
         await self._load_engine()
         self._reaper = asyncio.create_task(self._reap_idle())
         return self.load_info
@@ -231,8 +246,8 @@ class ModelActor(MediaCalls):
     def _ready_engine(self) -> Engine:
         if self.engine is None or self.status is not ReplicaStatus.READY:
             raise ModelNotReady(
-                f"model {self.uid!r} (replica {self.replica}) is {self.status.value}, not ready; "
-                "wait for it (xnb list shows progress) and retry"
+                f"model {self.uid!r} (replica {self.replica}) is {self.status.value}, not ready; wait for it and retry",
+                next_step=NextStep("list", why="shows its progress"),
             )
         if self._inflight() >= self._capacity():
             self.counters["rejected"] += 1

@@ -19,5 +19,8 @@ __all__ = ["dask_setup"]
 
 
 def dask_setup(worker: Any) -> None:
+    from xnb.runtime import worker_info
+
+    worker_info.dask_setup(worker)  # the engines this worker can run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)

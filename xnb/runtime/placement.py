@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xnb.errors import PlacementFailed
+from xnb.errors import NextStep, PlacementFailed
 
 __all__ = [
     "WorkerView",
@@ -42,6 +42,7 @@ class WorkerView:
     gpus: tuple[int, ...] = ()  # GPU indices the worker advertises
     placed: tuple[PlacedReplica, ...] = ()
     name: str = ""
+    engines: tuple[str, ...] | None = None  # engines it can run; None = not announced (any)
 
     @property
     def memory_used(self) -> int:
@@ -61,6 +62,7 @@ class WorkerView:
 class Needs:
     memory: int = 0
     gpus: int = 0
+    engine: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ def estimate_memory(file_size_mb: float | None, *, context_tokens: int = 2048, s
 
 def _fits(worker: WorkerView, needs: Needs, pin_gpus: tuple[int, ...] | None) -> str | None:
     """Why this worker cannot take one more replica, or None if it can."""
+    if needs.engine and worker.engines is not None and needs.engine not in worker.engines:
+        return f"cannot run the {needs.engine} engine (it has {', '.join(worker.engines) or 'none'})"
     free = worker.memory_free
     if free is not None and needs.memory > free:
         return (
@@ -147,8 +151,9 @@ def place(
             detail = "; ".join(f"{addr}: {why}" for addr, why in sorted(reasons.items()))
             placed = f" ({len(chosen)} of {replicas} placed)" if chosen else ""
             raise PlacementFailed(
-                f"no worker can take the replica{placed}: {detail}. Free room (`xnb terminate UID`), "
-                "add a worker (`xnb worker SCHEDULER`), or ask for fewer replicas or GPUs"
+                f"no worker can take the replica{placed}: {detail}. Free room by terminating a model, "
+                "add a worker (`xnb worker SCHEDULER` on another machine), or ask for fewer replicas or GPUs",
+                next_step=NextStep("list", why="shows what runs where"),
             )
         best = min(
             eligible,
@@ -166,5 +171,6 @@ def place(
             gpus=best.gpus,
             placed=best.placed + (PlacedReplica("(new)", needs.memory, tuple(gpus)),),
             name=best.name,
+            engines=best.engines,
         )
     return chosen

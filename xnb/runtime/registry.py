@@ -115,19 +115,44 @@ class ModelRecord:
         }
 
 
-def progress_line(record: ModelInfo) -> str:
-    """One line of launch progress from a described record (CLI, magics, widgets)."""
-    parts = []
-    for r in record["replicas"]:
-        p = r.get("progress") or {}
-        status = ReplicaStatus(r["status"])
+def progress_line(record: ModelInfo, now: float | None = None) -> str:
+    """One line of launch progress from a described record (CLI, magics, widgets):
+    ``m: loading 12s (importing torch) [1/2 ready]``, phases with their elapsed time
+    and bytes where known.  While any replica still launches the model is "launching",
+    whatever the status of the replicas already up."""
+    now = time.time() if now is None else now
+    replicas = record["replicas"]
+    ready = sum(1 for r in replicas if ReplicaStatus(r["status"]).serving)
+    phases = []
+    for r in replicas:
+        status, p = ReplicaStatus(r["status"]), r.get("progress") or {}
+        if status.serving or status is ReplicaStatus.STOPPED:
+            continue
         text = status.value
+        if status.launching and p.get("since"):
+            text += f" {_elapsed(now - p['since'])}"
         if status is ReplicaStatus.DOWNLOADING and p.get("total"):
-            text += f" {100 * p.get('downloaded', 0) / p['total']:.0f}% of {p['total'] / 1e6:.0f} MB"
+            text += f" {_mb(p.get('downloaded', 0))} of {_mb(p['total'])}"
         elif status is ReplicaStatus.DOWNLOADING and p.get("phase") == "converting":
             text += f" (converting {p.get('file')} to {p.get('dtype')} safetensors)"
         elif status is ReplicaStatus.LOADING and p.get("step"):
-            text += f" ({p['step']})"
-        parts.append(text)
-    ready = sum(1 for r in record["replicas"] if ReplicaStatus(r["status"]).serving)
-    return f"{record['uid']}: {record['status']} [{', '.join(parts)}] {ready}/{len(record['replicas'])} ready"
+            size = f", {_mb(p['size_bytes'])}" if p.get("size_bytes") and "weights" in p["step"] else ""
+            text += f" ({p['step']}{size})"
+        phases.append(text if len(replicas) == 1 else f"#{r.get('replica', '?')} {text}")
+    launching = any(ReplicaStatus(r["status"]).launching for r in replicas)
+    model_status = ModelStatus(record["status"])
+    label = ModelStatus.LAUNCHING.value if launching and model_status.serving else model_status.value
+    error = f": {record['last_error']}" if model_status.failed and record.get("last_error") else ""
+    if len(replicas) == 1 and phases and not error:
+        return f"{record['uid']} {phases[0]} [{ready}/1 ready]"
+    detail = f": {'; '.join(phases)}" if phases and not error else ""
+    return f"{record['uid']} {label}{detail}{error} [{ready}/{len(replicas)} ready]"
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"

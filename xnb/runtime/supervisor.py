@@ -37,6 +37,7 @@ from xnb.runtime.rpc import ActorRef
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
 from xnb.errors import (
+    NextStep,
     DuplicateModel,
     InvalidRequest,
     LaunchFailed,
@@ -199,8 +200,8 @@ class Supervisor(SchedulerPlugin):
             return self.models[uid]
         except KeyError:
             raise ModelNotFound(
-                f"no model with uid {uid!r} is running; `xnb list` shows the running models",
-                param="model",
+                f"no model with uid {uid!r} is running",
+                param="model", next_step=NextStep("list", why="shows the running models"),
             ) from None
 
     def _persist(self, change: str, record: ModelRecord) -> None:
@@ -277,8 +278,8 @@ class Supervisor(SchedulerPlugin):
             )
         if uid in self.models:
             raise DuplicateModel(
-                f"a model with uid {uid!r} is already running; choose another uid or terminate it",
-                param="uid",
+                f"a model with uid {uid!r} is already running; choose another uid",
+                param="uid", next_step=NextStep("terminate", (uid,), "stops it"),
             )
         n_gpus = gpus if gpus is not None else (len(gpu_idx) if gpu_idx else int(get_engine(spec.engine).requires_gpu))
         record = ModelRecord(
@@ -294,7 +295,7 @@ class Supervisor(SchedulerPlugin):
             },
         )
         record.launch = opts.model_dump(mode="json", exclude_none=True) | {"uid": uid}
-        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus)
+        return record, Needs(memory=estimate_memory(spec.file_size_mb), gpus=n_gpus, engine=spec.engine)
 
     async def _start_replica(self, record: ModelRecord, replica: ReplicaRecord) -> None:
         """Create the actor on its worker and load the model."""
@@ -364,7 +365,7 @@ class Supervisor(SchedulerPlugin):
                 pass
             if record.terminating or self.models.get(record.uid) is not record:
                 return
-            needs = Needs(memory=lost.memory, gpus=len(lost.gpus))
+            needs = Needs(memory=lost.memory, gpus=len(lost.gpus), engine=record.spec.engine)
             try:
                 (placement,) = place(self._workers(exclude=exclude), needs, 1)
             except XnbError as exc:
@@ -450,7 +451,8 @@ class Supervisor(SchedulerPlugin):
             raise InvalidRequest("replicas must be between 1 and 64", param="replicas")
         live = [r for r in record.replicas if r.status.live]
         if replicas > len(live):
-            needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0))
+            needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0),
+                          engine=record.spec.engine)
             placements = place(self._workers(), needs, replicas - len(live),
                                pin_workers=record.options.get("workers"))
             start = max((r.index for r in record.replicas), default=-1) + 1

@@ -9,6 +9,7 @@ from typing import Any
 
 from xnb.runtime.placement import PlacedReplica, WorkerView
 from xnb.runtime.registry import ModelRecord
+from xnb.runtime.worker_info import ENGINES_KEY
 
 __all__ = ["worker_views", "describe_cluster"]
 
@@ -34,9 +35,16 @@ def worker_views(workers: Mapping[str, Any], models: Iterable[ModelRecord],
                 gpus=tuple(range(n_gpus)),
                 placed=tuple(placed.get(addr, [])),
                 name=str(ws.name),
+                engines=_engines(ws),
             )
         )
     return views
+
+
+def _engines(ws: Any) -> tuple[str, ...] | None:
+    """The engines a worker announced (``xnb.runtime.worker_info``), or None."""
+    names = (getattr(ws, "extra", None) or {}).get(ENGINES_KEY)
+    return tuple(names) if names is not None else None
 
 
 def describe_cluster(scheduler_address: str, workers: Mapping[str, Any],
@@ -61,6 +69,7 @@ def describe_cluster(scheduler_address: str, workers: Mapping[str, Any],
                 "cpu_percent": metrics.get("cpu", 0.0),
                 "resources": dict(ws.resources),
                 "gpus": int(ws.resources.get("GPU", 0)),
+                "engines": list(_engines(ws) or []),
                 "status": str(ws.status.name if hasattr(ws.status, "name") else ws.status),
                 "models": by_worker.get(addr, []),
             }
