@@ -40,7 +40,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from xnb.engines.base import SamplingParams, Sink, StopChecker, Utf8Decoder
+from xnb.engines.base import SamplingParams, Sink
+from xnb.engines.text import StopChecker, Utf8Decoder
 from xnb.engines.logprobs import TokenLogprob, token_logprob
 from xnb.engines.llama_native import Vocab, common_prefix, native_call
 from xnb.errors import EngineError

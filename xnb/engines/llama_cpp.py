@@ -27,8 +27,8 @@ from xnb.engines.base import (
     EngineOptions,
     GenerateRequest,
     Sink,
-    StopChecker,
 )
+from xnb.engines.text import StopChecker
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
 from xnb.openai.tools import auto_choice, tools_grammar
 

@@ -31,8 +31,8 @@ from xnb.engines.base import (
     GenerateRequest,
     Prompt,
     Sink,
-    StopChecker,
 )
+from xnb.engines.text import StopChecker
 from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler, TokenBytes, adds_bos, eos_ids
 from xnb.errors import InvalidRequest, LaunchFailed
 

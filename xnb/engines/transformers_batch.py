@@ -34,7 +34,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from xnb.engines.base import Sink, StopChecker
+from xnb.engines.base import Sink
+from xnb.engines.text import StopChecker
 from xnb.engines.logprobs import TokenLogprob, token_logprob
 from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler
 from xnb.errors import EngineError
