@@ -16,7 +16,7 @@ import pytest
 # The catalog first: importing xnb.engines before xnb.catalog runs into their import cycle.
 import xnb.catalog  # noqa: F401
 from xnb import errors as E
-from xnb.engines.base import StopChecker, Utf8Decoder
+from xnb.engines.text import StopChecker, Utf8Decoder
 from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
