@@ -23,6 +23,8 @@ DEST = "share/jupyter/labextensions/xnb-labextension"
 
 def labextension_files() -> list[tuple[str, list[str]]]:
     script = ROOT / "scripts" / "build-labextension.sh"
+    if os.environ.get("XNB_SKIP_LABEXTENSION") == "1":  # e.g. the vLLM worker's environment
+        return []
     if script.exists() and (ROOT / "extension").is_dir():
         subprocess.run(["bash", str(script)], cwd=ROOT)  # a no-op when the output is up to date
     if not (LABEXT / "package.json").exists():

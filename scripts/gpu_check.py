@@ -19,7 +19,9 @@ every step of serving runs: the checks compare paths, not answers.
 1. the worker finds the GPUs through NVML and advertises them as the Dask resource ``GPU``;
 2. a transformers model launched with ``gpus=1`` is given GPU 0 by the Supervisor,
    loads on ``cuda:0``, and greedy chat gives the same text streamed and not, within
-   ``max_tokens``;
+   ``max_tokens``; eight concurrent greedy chats share forward passes (continuous
+   batching: fewer passes than the same eight one at a time, the batch empties after),
+   and how many give their text alone is reported;
 3. while that GPU is taken, a launch pinned to it is refused with a placement error
    that says why, and the cluster keeps serving; once the model is terminated, the
    GPU is free again;
@@ -143,6 +145,35 @@ def _chat_both_ways(model: Any, messages: list[dict[str, Any]], max_tokens: int)
     return {"text": text, "usage": whole["usage"], "finish_reason": whole["choices"][0]["finish_reason"]}
 
 
+def _check_torch_batching(model: Any) -> dict[str, Any]:
+    """Continuous batching on the transformers engine: eight concurrent greedy chats run
+    in shared forward passes (far fewer than one at a time), the batch empties afterwards,
+    and each text is compared with its text alone (reported: CUDA kernels chosen by batch
+    size may round differently, so agreement is expected but not required)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    topics = ("rain", "bread", "trains", "cats", "the sea", "winter", "coffee", "mountains")
+    prompts = [[{"role": "user", "content": f"Tell me about {t}."}] for t in topics]
+
+    def text(p: list[dict[str, Any]]) -> str:
+        return model.chat(p, max_tokens=16, temperature=0)["choices"][0]["message"]["content"]
+
+    passes = lambda: model.info()[0]["engine"]["forward_passes"]  # noqa: E731
+    start = passes()
+    alone = [text(p) for p in prompts]
+    middle = passes()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(text, prompts))
+    engine = model.info()[0]["engine"]
+    out = {"same_text_together_as_alone": sum(a == b for a, b in zip(alone, together)),
+           "of": len(prompts), "forward_passes_alone": middle - start,
+           "forward_passes_together": engine["forward_passes"] - middle,
+           "max_batch_seqs": engine["max_batch_seqs"], "max_num_seqs": engine["max_num_seqs"]}
+    assert engine["max_batch_seqs"] >= 2 and engine["running"] == 0 and engine["kv_columns"] == 0, engine
+    assert out["forward_passes_together"] < out["forward_passes_alone"], out
+    return out
+
+
 def _check_gguf(client: Any, models: Path, gpus: int) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -250,6 +281,7 @@ def run(models: Path, report: dict[str, Any], *, cpu: bool, gguf: bool, only_ggu
             assert "cuda:0" in json.dumps(info), f"the engine did not load on cuda:0: {info}"
         messages = [{"role": "user", "content": "Name three colours."}]
         report["llm"]["chat"] = _chat_both_ways(llm, messages, 12)
+        report["llm"]["batch"] = _check_torch_batching(llm)
 
         # 3. the GPU is taken: a launch pinned to it is refused, and the cluster keeps serving
         if not cpu:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the browser tests (tests/test_jupyter_browser.py) need:
 #   * Debian's chromium (/usr/bin/chromium) from apt, and
-#   * the playwright Python package in .venv (also in the `test` extra).
+#   * the playwright Python package comes with the `test` extra (scripts/bootstrap.sh test).
 # playwright drives that chromium through `executable_path`; there is no
 # `playwright install` browser download. Safe to run again: it skips what is there.
 set -euo pipefail
@@ -22,7 +22,3 @@ if ! command -v chromium >/dev/null 2>&1; then
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 echo "install-browser: $(chromium --version 2>/dev/null)" >&2
-
-if [ -x .venv/bin/python ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check "playwright>=1.40"
-fi

@@ -49,7 +49,7 @@ class Run:
 
     sink: Sink
     n: int = 1
-    items: list[tuple[int, str, str | None]] = field(default_factory=list)
+    items: list[tuple] = field(default_factory=list)
     event: threading.Event = field(default_factory=threading.Event)
 
     def pull(self) -> None:
@@ -62,7 +62,7 @@ class Run:
     @property
     def texts(self) -> list[str]:
         out = [""] * self.n
-        for i, t, _ in self.items:
+        for i, t, *_ in self.items:
             out[i] += t
         return out
 
@@ -73,7 +73,7 @@ class Run:
     @property
     def finishes(self) -> list[str | None]:
         out: list[str | None] = [None] * self.n
-        for i, _, f in self.items:
+        for i, _, f, *_ in self.items:
             if f:
                 out[i] = f
         return out
@@ -87,7 +87,7 @@ class Run:
         end = time.monotonic() + deadline_s
         while True:
             self.pull()
-            if any(t for _, t, _ in self.items) or self.sink.done:
+            if any(t for _, t, *_ in self.items) or self.sink.done:
                 return
             remaining = end - time.monotonic()
             assert remaining > 0, "no output before the deadline"

@@ -33,6 +33,7 @@ from xnb.engines import engines_for, get_engine  # noqa: E402
 from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink  # noqa: E402
 from xnb.errors import UnsupportedParameter  # noqa: E402
 from xnb.catalog.files import package_path  # noqa: E402
+from support import wait_until  # noqa: E402
 
 pytest.importorskip("torch")
 
@@ -220,11 +221,13 @@ def smol() -> Any:
     cls = get_engine("transformers")
     spec = _spec(model_name="smollm2-135m-instruct", abilities=["chat", "generate"],
                  context_length=8192, format="gguf", engine="transformers")
-    engine = cls(spec, Path(SMOL_GGUF), cls.Options(), ReplicaResources(threads=2))
+    engine = cls(spec, Path(SMOL_GGUF), cls.Options(max_num_seqs=8), ReplicaResources(threads=2))
     started = time.monotonic()
     info = engine.load()
     print(f"transformers loaded the SmolLM2 GGUF in {time.monotonic() - started:.1f}s: {info}")
     assert info["gguf"] and info["chat_template"] == "tokenizer" and info["dtype"] == "float32"
+    assert info["max_num_seqs"] == 8 and info["max_num_seqs_source"] == "option"
+    assert engine.max_concurrency == 8
     yield engine
     engine.unload()
 
@@ -244,9 +247,9 @@ def _run(engine: Any, request: GenerateRequest, *, cancel_after_first: bool = Fa
         woke.clear()
     items = sink.take()
     assert sink.error is None, sink.error
-    reasons = [reason for _, _, reason in items if reason]
-    assert len(reasons) == 1 and all(index == 0 for index, _, _ in items)
-    return "".join(text for _, text, _ in items), reasons[0], sink.usage
+    reasons = [reason for _, _, reason, _ in items if reason]
+    assert len(reasons) == 1 and all(index == 0 for index, *_ in items)
+    return "".join(text for _, text, *_ in items), reasons[0], sink.usage
 
 
 def _chat(messages: list[dict[str, Any]], **params: Any) -> GenerateRequest:
@@ -332,3 +335,108 @@ def test_incremental_detokenization_keeps_multibyte_characters(smol: Any) -> Non
     deltas = [detok.push(i) for i in ids] + [detok.flush()]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == text
+
+
+# -- transformers: continuous batching ----------------------------------------------------------
+
+POEMS = ["a cat", "the sea", "a robot", "winter", "coffee", "a city at night", "mountains", "a library"]
+
+
+def _poem(topic: str, **params: Any) -> GenerateRequest:
+    return _chat([{"role": "user", "content": f"Write a short poem about {topic}."}],
+                 **{"max_tokens": 8, "temperature": 0, **params})
+
+
+def _submit(engine: Any, request: GenerateRequest, **sink_args: Any) -> Sink:
+    sink = Sink(1, **sink_args)
+    engine.submit(request, sink)
+    return sink
+
+
+def _wait_items(sinks: list[Sink], timeout: float = 120.0) -> list[list[Any]]:
+    """Each sink's deltas once all are done."""
+    wait_until(lambda: all(s.done for s in sinks), timeout=timeout, what="the engine to finish")
+    for sink in sinks:
+        assert sink.error is None, sink.error
+    return [sink.take() for sink in sinks]
+
+
+def _wait_all(sinks: list[Sink], timeout: float = 120.0) -> list[tuple[str, str]]:
+    """``(text, finish reason)`` of each sink once all are done."""
+    return [("".join(text for _, text, *_ in items), [r for _, _, r, *_ in items if r][0])
+            for items in _wait_items(sinks, timeout)]
+
+
+@pytest.fixture(scope="module")
+def solo_poems(smol: Any) -> tuple[dict[str, str], int]:
+    """Each poem's greedy text run alone, one after another, and the forward passes that took."""
+    before = smol.stats()["forward_passes"]
+    texts = {t: _wait_all([_submit(smol, _poem(t))])[0][0] for t in POEMS}
+    return texts, smol.stats()["forward_passes"] - before
+
+
+def test_concurrent_greedy_equals_one_at_a_time(smol: Any, solo_poems: Any) -> None:
+    # Batched matmuls are not bit-identical to one row alone in general (blocking depends
+    # on the batch shape); on SmolLM2 fp32/CPU 8-token greedy answers agree exactly, and a
+    # padded row attends to exactly its own positions, so any difference here is a bug.
+    solo, solo_passes = solo_poems
+    before = smol.stats()
+    first = [_submit(smol, _poem(t)) for t in POEMS[:4]]
+    wait_until(lambda: all(s.has_output() for s in first), timeout=60)  # they decode...
+    later = [_submit(smol, _poem(t)) for t in POEMS[4:]]  # ...when these join the batch
+    results = _wait_all(first + later)
+    assert [text for text, _ in results] == [solo[t] for t in POEMS]
+    after = smol.stats()
+    passes = after["forward_passes"] - before["forward_passes"]
+    assert passes < solo_passes / 2, (passes, solo_passes)
+    assert after["max_batch_seqs"] >= 5 and after["running"] == 0 and after["kv_columns"] == 0
+
+
+def test_abort_leaves_the_others_unchanged(smol: Any, solo_poems: Any) -> None:
+    solo, _ = solo_poems
+    aborted = Sink(1)
+    aborted.notify = lambda: aborted.cancelled.set() or smol.abort(aborted)  # after its first token
+    sinks = [_submit(smol, _poem(t)) for t in POEMS[:2]]
+    smol.submit(_poem(POEMS[2], max_tokens=64), aborted)
+    sinks += [_submit(smol, _poem(t)) for t in POEMS[3:5]]
+    results = _wait_all(sinks)
+    assert [text for text, _ in results] == [solo[t] for t in POEMS[:2] + POEMS[3:5]]
+    assert _wait_all([aborted])[0][1] == "abort"
+    assert 1 <= aborted.usage["completion_tokens"] < 64
+
+
+def test_transformers_logprobs_are_the_models_own(smol: Any) -> None:
+    import torch
+
+    from xnb.engines.logprobs import as_token_logprob
+
+    request = _poem("a cat", max_tokens=5, logprobs=True, top_logprobs=3)
+    sink = _submit(smol, request)
+    other = _submit(smol, _poem("the sea"))  # batched with another sequence
+    items, other_items = _wait_items([sink, other])
+    assert all(lps is None for *_, lps in other_items)  # only when asked for
+    text = "".join(t for _, t, *_ in items)
+    tokens = [as_token_logprob(t) for *_, lps in items if lps for t in lps]
+    assert len(tokens) == sink.usage["completion_tokens"] == 5
+    assert b"".join(bytes(t.bytes) for t in tokens).decode("utf-8", "replace") == text
+    # Reference: the model's log-softmax, greedy token by token, one sequence, no cache.
+    ids = smol.prepare(request).ids
+    with torch.inference_mode():
+        for served in tokens:
+            logits = smol._model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+            row = torch.log_softmax(logits, dim=-1)
+            best = torch.argsort(row, descending=True)[:3].tolist()
+            assert [t.bytes for t in served.top] == [list(smol._token_bytes(i)) for i in best]
+            np.testing.assert_allclose([t.logprob for t in served.top], row[best].tolist(), atol=1e-3)
+            assert served.bytes == served.top[0].bytes and served.logprob == served.top[0].logprob
+            ids.append(best[0])
+
+
+def test_default_batch_size_fits_free_memory() -> None:
+    from xnb.engines.sizing import MAX_DEFAULT_SEQS, default_max_num_seqs
+
+    gib = 1 << 30
+    assert default_max_num_seqs(gib // 2, 4 * gib, share=0.5) == 4
+    assert default_max_num_seqs(gib // 100, 8 * gib) == MAX_DEFAULT_SEQS  # small model: the cap
+    assert default_max_num_seqs(8 * gib, 4 * gib) == 1  # never zero
+    assert default_max_num_seqs(gib, None) == MAX_DEFAULT_SEQS  # memory unknown

@@ -155,7 +155,9 @@ def test_kv_cells_are_returned_and_cached_only_with_prefix_cache(nocache_engine,
     assert stats["max_batch_seqs"] == 8
     assert stats["kv_cells_active"] == 0
     assert stats["kv_cells_cached"] == 0
-    assert stats["prompt_tokens_reused"] == 0
+    # No cache of finished sequences, but requests arriving together share their chat
+    # prefix (system prompt, "Write a short poem about") by copying it between slots.
+    assert stats["prompt_tokens_reused"] >= 7 * 16
     assert _kv_positions(eng) == [-1] * 8
     # The cache setting does not change greedy output.
     for topic, run in zip(TOPICS, runs):
@@ -260,6 +262,17 @@ def test_long_prompts_together_give_the_same_text_as_alone(nocache_engine, long_
     assert run_one(nocache_engine, _long(*LONG_B)).text == long_alone[1].text  # alone is repeatable
     together = run_together(nocache_engine, [_long(*LONG_A), _long(*LONG_B)])
     assert [r.text for r in together] == [r.text for r in long_alone]
+
+
+def test_concurrent_arrivals_evaluate_a_shared_system_prompt_once(nocache_engine, long_alone):
+    # Three requests with the same long system prompt arrive together: the later two wait
+    # for the first to evaluate it and copy its cells, and still give their texts alone.
+    n_system = len(nocache_engine.vocab.tokenize(SYSTEM, add_special=False, parse_special=False))
+    before = nocache_engine.stats()["prompt_tokens_reused"]
+    together = run_together(nocache_engine, [_long(*LONG_A), _long(*LONG_B), _long(*LONG_B)])
+    reused = nocache_engine.stats()["prompt_tokens_reused"] - before
+    assert reused >= 2 * (n_system - 32), (reused, n_system)
+    assert [r.text for r in together] == [r.text for r in long_alone] + [long_alone[1].text]
 
 
 def test_prefix_cache_does_not_change_greedy_output(long_alone):

@@ -562,3 +562,19 @@ def test_cli_launch_asking_for_a_gpu_on_cpu_workers_is_refused_clearly(client: C
     assert result.exit_code != 0
     assert "409" in result.output and "has no GPU" in result.output and "xnb worker" in result.output, result.output
     assert "wants-gpu" not in [m["uid"] for m in client.list()]
+
+
+def test_default_batch_size_is_shown_in_the_record_and_xnb_list(client: Client, smol):
+    from click.testing import CliRunner
+
+    from xnb.cli import cli
+
+    load = client.get("smol").record["replicas"][0]["load"]
+    # Chosen from free memory (SmolLM2's 2048-cell streams are small): more than the old 4.
+    assert load["max_num_seqs_source"] == "auto" and 8 <= load["max_num_seqs"] <= 16, load
+    result = CliRunner().invoke(cli, ["list", "--scheduler", client.scheduler_address])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.splitlines()
+    assert "SEQS" in header.split()
+    row = next(r for r in rows if r.split()[0] == "smol")
+    assert row.split()[header.split().index("SEQS")] == str(load["max_num_seqs"])

@@ -16,7 +16,7 @@ import pytest
 # The catalog first: importing xnb.engines before xnb.catalog runs into their import cycle.
 import xnb.catalog  # noqa: F401
 from xnb import errors as E
-from xnb.engines.base import StopChecker, Utf8Decoder
+from xnb.engines.text import StopChecker, Utf8Decoder
 from xnb.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -447,10 +447,12 @@ def test_chat_stop_forms_and_limit():
     assert "4" in info.value.message
 
 
-def test_chat_logprobs_refused():
-    with pytest.raises(E.InvalidRequest, match="logprobs"):
-        _chat(logprobs=True)
-    assert _chat(logprobs=False).to_generate().params.max_tokens is None
+def test_chat_logprobs_parsed():
+    params = _chat(logprobs=True, top_logprobs=5).to_generate().params
+    assert params.logprobs and params.top_logprobs == 5
+    assert not _chat(logprobs=False).to_generate().params.logprobs
+    with pytest.raises(E.InvalidRequest, match="top_logprobs"):
+        _chat(top_logprobs=2)
 
 
 def test_chat_max_completion_tokens_wins():
@@ -552,9 +554,10 @@ def test_chunk_builder_usage_chunk_only_with_include_usage():
 
 def test_collect_choices():
     deltas = [(0, "a", None), (1, "x", None), (0, "b", None), (1, "y", "stop"), (0, "", "length")]
-    assert collect_choices(deltas, 2) == [("ab", "length"), ("xy", "stop")]
-    assert collect_choices([], 2) == [("", None), ("", None)]
-    assert collect_choices([(2, "late", "stop")], 1) == [("", None), ("", None), ("late", "stop")]
+    assert collect_choices(deltas, 2) == [("ab", "length", None), ("xy", "stop", None)]
+    assert collect_choices([], 2) == [("", None, None), ("", None, None)]
+    assert collect_choices([(2, "late", "stop", None)], 1) == [("", None, None), ("", None, None),
+                                                               ("late", "stop", None)]
 
 
 def test_full_response_shapes():

@@ -13,8 +13,7 @@ import atexit
 import contextlib
 import io
 import logging
-from pathlib import Path
-from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, Union, cast
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, TypeVar, cast
 
 import numpy as np
 
@@ -41,6 +40,7 @@ from xnb.openai.media import (
     TranscriptionRequest,
     transcription_body,
 )
+from xnb.media_io import AudioInput, in_notebook, read_audio
 from xnb.protocol import ModelInfo
 from xnb.settings import XnbSettings
 
@@ -60,27 +60,6 @@ Progress = Callable[[ModelInfo], None]
 Rows = list[dict[str, Any]]
 Models = list[ModelInfo]
 T = TypeVar("T")
-
-
-#: An audio file: its path, or its bytes.
-AudioInput = Union[str, Path, bytes, bytearray]
-
-
-def read_audio(audio: AudioInput) -> bytes:
-    """The bytes of an audio file given by path or as bytes."""
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        return bytes(audio)
-    return Path(audio).expanduser().read_bytes()
-
-
-def in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel (where audio and images display)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _log_progress(record: ModelInfo) -> None:

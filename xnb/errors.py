@@ -32,6 +32,7 @@ __all__ = [
     "NotFound",
     "ModelNotFound",
     "CatalogEntryNotFound",
+    "RequestTooLarge",
     "Conflict",
     "DuplicateModel",
     "PlacementFailed",
@@ -179,6 +180,14 @@ class ModelNotFound(NotFound):
 
 class CatalogEntryNotFound(NotFound):
     code = "catalog_entry_not_found"
+
+
+class RequestTooLarge(XnbError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class Conflict(XnbError):

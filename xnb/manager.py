@@ -42,8 +42,8 @@ from xnb.openai.requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from xnb.openai.shapes import ChunkBuilder, collect_choices
 from xnb.media import MediaOperations
+from xnb.openai.shapes import Choice, ChunkBuilder, collect_choices
 from xnb.protocol import (
     GenerateResult,
     LaunchOptions,
@@ -299,8 +299,9 @@ class ModelManager(MediaOperations):
 
     # -- inference -------------------------------------------------------------------------------
 
-    async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
-        """A whole generation: ``(choices, usage)`` with ``choices = [(text, finish_reason)]``."""
+    async def generate(self, uid: str, request: GenerateRequest) -> tuple[list[Choice], dict[str, int]]:
+        """A whole generation: ``(choices, usage)``, one :class:`~xnb.openai.shapes.Choice`
+        ``(text, finish_reason, logprobs)`` per choice."""
         ability = "chat" if request.kind == "chat" else "generate"
         result = GenerateResult.of(await self._with_replica(
             uid, ability, "generate", request.model_dump(exclude_defaults=True)
@@ -308,7 +309,7 @@ class ModelManager(MediaOperations):
         return collect_choices(result.deltas, request.n), result.usage or {}
 
     async def stream(self, uid: str, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """Stream a generation: yields ``("deltas", [(index, text, finish)])`` batches,
+        """Stream a generation: yields ``("deltas", [Delta])`` batches,
         then ``("usage", usage)``.  Closing the iterator early aborts the generation."""
         ability = "chat" if request.kind == "chat" else "generate"
         events = self._pulled(uid, ability, "start", request.model_dump(exclude_defaults=True))
@@ -419,7 +420,7 @@ class ModelManager(MediaOperations):
             offset = p * body.n
             async for kind, value in self.stream(body.model, request):
                 if kind == "deltas":
-                    for chunk in builder.chunks((i + offset, t, f) for i, t, f in value):
+                    for chunk in builder.chunks((d[0] + offset, *d[1:]) for d in value):
                         yield chunk
                 else:
                     usages.append(value)
@@ -431,15 +432,45 @@ class ModelManager(MediaOperations):
             yield final
 
     async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+        if body.dimensions is not None:
+            await self._check_dimensions(body.model, body.dimensions)
         vectors, tokens = await self.embed(body.model, body.texts)
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
-            raise UnsupportedParameter(
-                f"this model embeds into {vectors.shape[1]} dimensions; it cannot give {body.dimensions}",
-                param="dimensions",
-            )
+            if body.dimensions > vectors.shape[1]:
+                raise UnsupportedParameter(
+                    f"this model embeds into {vectors.shape[1]} dimensions; it cannot give {body.dimensions}",
+                    param="dimensions",
+                )
+            vectors = matryoshka_truncate(vectors, body.dimensions)
         return shapes.embedding_list(
             model=body.model, vectors=vectors, prompt_tokens=tokens, encoding_format=body.encoding_format
         )
+
+
+    async def _check_dimensions(self, uid: str, dimensions: int) -> None:
+        """``dimensions`` below the full size only for Matryoshka-trained models (catalog)."""
+        routes = await self._route(uid)
+        full, least = routes.get("dimensions"), routes.get("matryoshka_min_dimensions")
+        if full is not None and dimensions == full:
+            return
+        if least is None:
+            raise UnsupportedParameter(
+                f"model {uid!r} ({routes['model_name']}) gives {full or 'its full'} dimensions only: its catalog "
+                "entry does not say it is Matryoshka-trained, so truncated vectors would be poor; "
+                "leave out dimensions", param="dimensions",
+            )
+        if not least <= dimensions <= (full or dimensions):
+            raise UnsupportedParameter(
+                f"model {uid!r} ({routes['model_name']}) can give {least} to {full} dimensions, not {dimensions}",
+                param="dimensions",
+            )
+
+
+def matryoshka_truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first ``dimensions`` components of each vector, renormalised to unit length."""
+    cut = np.asarray(vectors, dtype=np.float32)[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.where(norms == 0, 1, norms)
 
 
 def _serving(routes: dict[str, Any]) -> list[dict[str, Any]]:

@@ -42,6 +42,9 @@ __all__ = [
     "ModelInfo",
     "ReplicaInfo",
     "Delta",
+    "TokenLogprob",
+    "TopLogprob",
+    "MAX_TOP_LOGPROBS",
     "Usage",
     "PullResult",
     "GenerateResult",
@@ -311,8 +314,43 @@ class ModelInfo(TypedDict):
 
 # -- requests and results across the actor boundary --------------------------------------------
 
-#: One piece of output: ``(choice index, text, finish reason or None)``.
-Delta = tuple[int, str, str | None]
+#: The most alternatives a request may ask for per position (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+class TopLogprob(NamedTuple):
+    """One candidate token at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(NamedTuple):
+    """A generated token's log-probability under the model (the log-softmax of the
+    raw logits row the sampler was given, before temperature, penalties or
+    grammar) and the ``top`` most likely candidates there, best first (empty
+    unless ``top_logprobs`` was asked for).  On the wire a plain list
+    ``[token, logprob, bytes, [[token, logprob, bytes], ...]]``."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob]
+
+    @classmethod
+    def of(cls, value: Any) -> TokenLogprob:
+        """Rebuild from the wire (lists after msgpack) or return as is."""
+        token, logprob, raw, top = value
+        return cls(str(token), float(logprob), list(raw), [TopLogprob(str(t), float(lp), list(b)) for t, lp, b in top])
+
+
+#: One piece of output: ``(choice index, text, finish reason or None, logprobs or None)``;
+#: with ``SamplingParams.logprobs`` the last item holds one :class:`TokenLogprob`
+#: per generated token whose text this delta carries (tokens whose text an engine
+#: holds back — an incomplete UTF-8 character, a possible stop string — ride on the
+#: delta that releases it; tokens of a matched stop string are dropped with it).
+Delta = tuple[int, str, "str | None", "list[TokenLogprob] | None"]
 #: Token counts: ``prompt_tokens``, ``completion_tokens``, ``total_tokens``.
 Usage = dict[str, int]
 

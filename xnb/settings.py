@@ -77,6 +77,10 @@ class XnbSettings(BaseSettings):
     stream_poll_s: float = Field(
         default=0.5, gt=0, description="longest a stream pull waits on the model actor"
     )
+    responses_max: int = Field(
+        default=10_000, ge=1,
+        description="stored Responses API responses kept under $XNB_HOME/responses (least recently used evicted)",
+    )
 
     @field_validator("api_keys", "admin_api_keys", "allowed_hosts", mode="before")
     @classmethod

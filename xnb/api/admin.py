@@ -74,7 +74,8 @@ async def launch_model(request: Request) -> JSONResponse:
 async def describe_model(
     uid: str,
     request: Request,
-    version: int = Query(default=-1, description="long-poll: answer once the version passes this"),
+    version: int = Query(default=-1, ge=-1, lt=2**53,
+                         description="long-poll: answer once the version passes this"),
     wait: float = Query(default=0.0, ge=0.0, le=60.0, description="longest wait in seconds"),
 ) -> dict[str, Any]:
     manager = _manager(request)
@@ -94,7 +95,9 @@ async def scale_model(uid: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{uid}/events")
-async def model_events(uid: str, request: Request, since: float = 0.0) -> dict[str, Any]:
+async def model_events(
+    uid: str, request: Request, since: float = Query(default=0.0, ge=0.0, allow_inf_nan=False),
+) -> dict[str, Any]:
     return {"data": await _manager(request).events(uid, since)}
 
 

@@ -17,10 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from xnb import __version__
-from xnb.api import admin, audio, images, openai, rerank
+from xnb.api import admin, anthropic, audio, images, openai, rerank, responses
 from xnb.api.auth import AuthMiddleware, HostGuardMiddleware, KeyStore
 from xnb.api.errors import install_error_handlers
 from xnb.api.metrics import Metrics
+from xnb.api.openapi import install_openapi
+from xnb.api.response_store import ResponseStore
 from xnb.runtime.cluster import find_running_cluster, open_dask
 from xnb.errors import ClusterUnavailable, XnbError
 from xnb.manager import ModelManager
@@ -62,8 +64,12 @@ def create_app(settings: XnbSettings | None = None, *, scheduler_address: str | 
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.responses = ResponseStore(settings.home / "responses", settings.responses_max)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(openai.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(audio.router)
     app.include_router(images.router)
     app.include_router(rerank.router)

@@ -56,16 +56,20 @@ class KeyStore:
             found |= hmac.compare_digest(candidate, key)
         return found
 
-    def check(self, authorization: str | None, scope: str) -> None:
-        """Raise 401/403 unless the ``Authorization`` header grants ``scope``."""
+    def check(self, authorization: str | None, scope: str, api_key: str | None = None) -> None:
+        """Raise 401/403 unless the ``Authorization: Bearer`` header (or, as
+        Anthropic's clients send it, ``x-api-key``) grants ``scope``."""
         if not self.enabled:
             return
-        if not authorization or not authorization.lower().startswith("bearer "):
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip().encode()
+        elif api_key:
+            token = api_key.strip().encode()
+        else:
             raise AuthenticationFailed(
-                "missing API key: send 'Authorization: Bearer <key>' (keys come from "
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' (keys come from "
                 "XNB_API_KEYS, XNB_ADMIN_API_KEYS or XNB_API_KEYS_FILE)"
             )
-        token = authorization[7:].strip().encode()
         if scope == "admin":
             if self._match(token, self._admin):
                 return
@@ -76,10 +80,14 @@ class KeyStore:
         raise AuthenticationFailed("invalid API key")
 
 
-async def _send_error(send: Any, exc: XnbError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_error(
+    send: Any, exc: XnbError, headers: list[tuple[bytes, bytes]] | None = None, path: str = ""
+) -> None:
     import json
 
-    body = json.dumps(exc.openai_body()).encode()
+    from xnb.api.errors import error_body
+
+    body = json.dumps(error_body(path, exc)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -105,10 +113,11 @@ class AuthMiddleware:
             if needed is not None and scope.get("method") != "OPTIONS":
                 headers = dict(scope.get("headers") or [])
                 auth = headers.get(b"authorization", b"").decode("latin-1") or None
+                api_key = headers.get(b"x-api-key", b"").decode("latin-1") or None
                 try:
-                    self.keys.check(auth, needed)
+                    self.keys.check(auth, needed, api_key)
                 except XnbError as exc:
-                    await _send_error(send, exc, [(b"www-authenticate", b"Bearer")])
+                    await _send_error(send, exc, [(b"www-authenticate", b"Bearer")], scope["path"])
                     return
         await self.app(scope, receive, send)
 

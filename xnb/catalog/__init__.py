@@ -245,6 +245,7 @@ class Catalog:
             chat_template=family.chat_template,
             stop=list(family.stop),
             dimensions=family.dimensions,
+            matryoshka_min_dimensions=family.matryoshka_min_dimensions,
             tool_auto=family.tool_auto,
             engine_options=options.model_dump(exclude_defaults=True),
         )

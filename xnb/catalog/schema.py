@@ -135,6 +135,11 @@ class ModelFamily(_Strict):
     )
     stop: list[str] = Field(default_factory=list)
     dimensions: int | None = Field(default=None, description="embedding size (embed models)")
+    matryoshka_min_dimensions: int | None = Field(
+        default=None, ge=1,
+        description="Matryoshka-trained embeddings: the API's `dimensions` may truncate (and renormalise) "
+        "them to any size from this one up to `dimensions`; unset: only the full size",
+    )
     tool_auto: Literal["model", "relevance"] = Field(
         default="model",
         description="how tool_choice=auto decides: the model (grammar lets it call or answer) or, "
@@ -158,6 +163,10 @@ class ModelFamily(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelFamily":
+        if self.matryoshka_min_dimensions is not None and (
+            self.dimensions is None or self.matryoshka_min_dimensions > self.dimensions
+        ):
+            raise ValueError("matryoshka_min_dimensions needs dimensions, and must not exceed it")
         seen: set[tuple[str, str]] = set()
         for spec in self.specs:
             key = (spec.format, spec.size)
@@ -196,6 +205,7 @@ class LaunchSpec(_Strict):
     chat_template: str | None = None
     stop: list[str] = Field(default_factory=list)
     dimensions: int | None = None
+    matryoshka_min_dimensions: int | None = None
     tool_auto: Literal["model", "relevance"] = "model"
     engine_options: dict[str, Any] = Field(default_factory=dict)
 

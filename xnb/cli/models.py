@@ -52,10 +52,17 @@ def list_(as_json: bool, scheduler_address: str | None) -> None:
         return echo_json(records)
     rows = [
         [r["uid"], r["model_name"], r["spec"]["engine"], r["status"],
-         f"{r['replicas_ready']}/{len(r['replicas'])}", ",".join(r["workers"])]
+         f"{r['replicas_ready']}/{len(r['replicas'])}", _batch_sizes(r), ",".join(r["workers"])]
         for r in records
     ]
-    table(rows, ["UID", "MODEL", "ENGINE", "STATUS", "READY", "WORKERS"])
+    table(rows, ["UID", "MODEL", "ENGINE", "STATUS", "READY", "SEQS", "WORKERS"])
+
+
+def _batch_sizes(record: dict[str, Any]) -> str:
+    """Sequences each loaded replica decodes at once (its engine's ``max_num_seqs``)."""
+    sizes = {str(rep["load"]["max_num_seqs"]) for rep in record["replicas"]
+             if rep.get("load", {}).get("max_num_seqs")}
+    return ",".join(sorted(sizes)) or "-"
 
 
 @cli.command()

@@ -13,7 +13,6 @@ are a pydantic model with ``extra="forbid"`` (:attr:`Engine.Options`).
 
 from __future__ import annotations
 
-import codecs
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from xnb.errors import EngineError, InvalidRequest, UnsupportedParameter, XnbError
+from xnb.protocol import MAX_TOP_LOGPROBS, Delta, TokenLogprob
 
 __all__ = [
     "Engine",
@@ -34,9 +34,7 @@ __all__ = [
     "EmbedResult",
     "ReplicaResources",
     "Sink",
-    "StopChecker",
     "ThreadedEngine",
-    "Utf8Decoder",
     "FinishReason",
     "Prompt",
 ]
@@ -81,6 +79,8 @@ class SamplingParams(BaseModel):
         default=None, description="JSON schema constraining output ({} = any JSON object)"
     )
     ignore_eos: bool = False
+    logprobs: bool = False  # report each generated token's log-probability (protocol.TokenLogprob)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per position
 
     def set_fields(self) -> set[str]:
         """Names of parameters the caller actually set (to check engine support)."""
@@ -138,9 +138,9 @@ class ReplicaResources:
 class Sink:
     """Where an engine puts one request's output; thread-safe.
 
-    The engine calls :meth:`put` with text deltas per choice ``index``,
-    :meth:`finish` once per choice, then :meth:`close` with usage; or
-    :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
+    The engine calls :meth:`put` with text deltas per choice ``index`` (with ``params.logprobs``,
+    their tokens' :class:`~xnb.protocol.TokenLogprob`), :meth:`finish` once per choice, then
+    :meth:`close` with usage; or :meth:`fail`.  Readers (the model actor) are woken through ``notify``.
     ``cancelled`` is set when the client aborts: engines check it between
     tokens and stop with finish reason ``"abort"``.
     """
@@ -149,7 +149,7 @@ class Sink:
 
     def __init__(self, n: int = 1, notify: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
-        self._items: list[tuple[int, str, str | None]] = []
+        self._items: list[Delta] = []
         self.n = n
         self.done = False
         self.usage: dict[str, int] | None = None
@@ -157,15 +157,15 @@ class Sink:
         self.cancelled = threading.Event()
         self.notify = notify
 
-    def put(self, index: int, text: str) -> None:
-        if text:
+    def put(self, index: int, text: str, logprobs: list[TokenLogprob] | None = None) -> None:
+        if text or logprobs:
             with self._lock:
-                self._items.append((index, text, None))
+                self._items.append((index, text, None, logprobs))
             self._wake()
 
-    def finish(self, index: int, reason: str, text: str = "") -> None:
+    def finish(self, index: int, reason: str, text: str = "", logprobs: list[TokenLogprob] | None = None) -> None:
         with self._lock:
-            self._items.append((index, text, reason))
+            self._items.append((index, text, reason, logprobs))
         self._wake()
 
     def close(self, prompt_tokens: int, completion_tokens: int) -> None:
@@ -188,7 +188,7 @@ class Sink:
         """Whether a pull would return something now."""
         return bool(self._items) or self.done
 
-    def take(self) -> list[tuple[int, str, str | None]]:
+    def take(self) -> list[Delta]:
         """Every delta produced since the last take (the pull side)."""
         with self._lock:
             items, self._items = self._items, []
@@ -197,63 +197,6 @@ class Sink:
     def _wake(self) -> None:
         if self.notify is not None:
             self.notify()
-
-
-class Utf8Decoder:
-    """Turns token byte pieces into text without splitting a multi-byte character
-    (invalid bytes become U+FFFD, wherever the pieces are cut)."""
-
-    __slots__ = ("_decoder",)
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, piece: bytes) -> str:
-        return self._decoder.decode(piece)
-
-    def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
-
-
-class StopChecker:
-    """Applies stop strings to streamed text.
-
-    Text that might be the start of a stop string is held back until it is
-    known not to be; :meth:`feed` returns ``(safe_text, stopped)``.
-    """
-
-    __slots__ = ("stops", "_held", "_max")
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self._held = ""
-        self._max = max((len(s) for s in self.stops), default=0)
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        if not self.stops:
-            return text, False
-        buf = self._held + text
-        first = -1
-        for s in self.stops:
-            i = buf.find(s)
-            if i != -1 and (first == -1 or i < first):
-                first = i
-        if first != -1:
-            self._held = ""
-            return buf[:first], True
-        # Hold back the longest suffix that is a prefix of some stop string.
-        keep = 0
-        for k in range(min(len(buf), self._max - 1), 0, -1):
-            tail = buf[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                keep = k
-                break
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
-
-    def flush(self) -> str:
-        rest, self._held = self._held, ""
-        return rest
 
 
 class Engine(ABC):

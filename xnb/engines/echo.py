@@ -30,9 +30,9 @@ from xnb.engines.base import (
     GenerateRequest,
     Prompt,
     Sink,
-    StopChecker,
     ThreadedEngine,
 )
+from xnb.engines.text import StopChecker
 
 __all__ = ["EchoEngine", "EchoOptions", "ECHO_FAMILY", "pieces"]
 

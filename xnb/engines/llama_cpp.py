@@ -27,8 +27,8 @@ from xnb.engines.base import (
     EngineOptions,
     GenerateRequest,
     Sink,
-    StopChecker,
 )
+from xnb.engines.text import StopChecker
 from xnb.errors import InvalidRequest, LaunchFailed, UnsupportedParameter
 from xnb.openai.tools import auto_choice, tools_grammar
 
@@ -45,7 +45,9 @@ class LlamaCppOptions(EngineOptions):
         default=None, ge=64,
         description="context of each sequence (KV cells per slot); default min(context length, 2048)",
     )
-    max_num_seqs: int = Field(default=4, ge=1, le=64, description="sequences decoded in one batch")
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=64, description="sequences decoded in one batch; default: as many "
+        "n_ctx KV streams as fit in a quarter of free memory, at most 16")
     n_batch: int = Field(default=512, ge=32, description="most tokens evaluated in one step")
     prefill_chunk: int = Field(
         default=32, ge=2, le=63, description="prompt tokens a sequence evaluates per step (under 64 keeps output batch-invariant)"
@@ -62,6 +64,7 @@ class LlamaCppOptions(EngineOptions):
 
 
 _GGML_TYPES = {"f16": 1, "q8_0": 8}
+_KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32}  # per element (q8_0: 32 values in 34 bytes)
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -116,6 +119,7 @@ class LlamaCppEngine(Engine):
     supported_params = BASE_PARAMS | {
         "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
         "logit_bias", "grammar", "json_schema", "ignore_eos", "n", "tools",
+        "logprobs", "top_logprobs",
     }
     requires = ("llama_cpp",)
     Options = LlamaCppOptions
@@ -130,6 +134,7 @@ class LlamaCppEngine(Engine):
         self._embed_ctx: Any = None
         self._embed_lock = threading.Lock()
         self.scheduler: Any = None  # llama_batch.BatchScheduler once loaded
+        self._max_num_seqs = 0  # chosen by load()
 
     def load(self) -> dict[str, Any]:
         _init_backend()
@@ -167,11 +172,13 @@ class LlamaCppEngine(Engine):
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
         n_ctx_seq = opts.n_ctx or min(self.spec.context_length, n_ctx_train or 2048, 2048)
         threads = opts.n_threads or max(1, self.resources.threads)
+        n_seqs = opts.max_num_seqs or self._default_num_seqs(model, n_ctx_seq)
+        self._max_num_seqs = n_seqs
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx_seq * opts.max_num_seqs
+        cparams.n_ctx = n_ctx_seq * n_seqs
         cparams.n_batch = opts.n_batch
         cparams.n_ubatch = opts.n_batch
-        cparams.n_seq_max = opts.max_num_seqs
+        cparams.n_seq_max = n_seqs
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = False  # one KV stream per slot: see llama_batch's docstring
@@ -183,7 +190,7 @@ class LlamaCppEngine(Engine):
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise LaunchFailed(
-                f"llama.cpp could not create a context of {n_ctx_seq} × {opts.max_num_seqs} tokens; "
+                f"llama.cpp could not create a context of {n_ctx_seq} × {n_seqs} tokens; "
                 "try a smaller n_ctx or max_num_seqs"
             )
         self._ctx = ctx
@@ -208,7 +215,7 @@ class LlamaCppEngine(Engine):
             ctx,
             self.vocab,
             n_ctx=self.n_ctx,
-            max_num_seqs=opts.max_num_seqs,
+            max_num_seqs=n_seqs,
             n_batch=opts.n_batch,
             prefill_chunk=opts.prefill_chunk,
             prefix_cache=opts.prefix_cache,
@@ -216,16 +223,31 @@ class LlamaCppEngine(Engine):
         return {
             "n_ctx": self.n_ctx,
             "threads": threads,
-            "max_num_seqs": opts.max_num_seqs,
+            "max_num_seqs": n_seqs,
+            "max_num_seqs_source": "option" if opts.max_num_seqs else "auto",
             "gpus": list(gpus),
             "n_gpu_layers": int(mparams.n_gpu_layers),
             "model_bytes": int(llama_cpp.llama_model_size(model)),
             "chat_template": "gguf" if source and not opts.chat_template and not self.spec.chat_template else ("custom" if source else None),
         }
 
+    def _default_num_seqs(self, model: Any, n_ctx_seq: int) -> int:
+        """Slots whose KV streams (allocated up front) fit in a quarter of the free
+        memory of the replica's GPU, or of the host (:mod:`xnb.engines.sizing`)."""
+        import llama_cpp
+
+        from xnb.engines.sizing import default_max_num_seqs, free_memory
+
+        heads = max(1, llama_cpp.llama_model_n_head(model))
+        head_dim = llama_cpp.llama_model_n_embd(model) // heads
+        kv_width = llama_cpp.llama_model_n_head_kv(model) * head_dim  # per K and per V, per layer
+        cell_bytes = 2 * llama_cpp.llama_model_n_layer(model) * kv_width * _KV_BYTES[self.options.kv_type]
+        gpus = self.resources.gpus
+        return default_max_num_seqs(int(cell_bytes * n_ctx_seq), free_memory(gpus[0] if gpus else None))
+
     @property
     def max_concurrency(self) -> int:
-        return self.options.max_num_seqs
+        return self._max_num_seqs or self.options.max_num_seqs or 1
 
     def unload(self) -> None:
         import llama_cpp
@@ -263,12 +285,18 @@ class LlamaCppEngine(Engine):
 
     def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
         from xnb.engines.llama_batch import Sequence, SequenceGroup
-        from xnb.engines.llama_native import build_sampler
+        from xnb.engines.llama_native import build_sampler, is_plain_greedy
 
         text = prompt.text
         assert prompt.ids is not None
         tokens = prompt.ids
         params = request.params
+        bad = [t for t in params.logit_bias or {} if not 0 <= t < self.vocab.n_tokens]
+        if bad:
+            raise InvalidRequest(
+                f"logit_bias names token {bad[0]}, but this model's vocabulary has tokens 0 to "
+                f"{self.vocab.n_tokens - 1}", param="logit_bias",
+            )
         if request.tools:
             grammar = tools_grammar(request.tools, request.tool_choice, request.parallel_tool_calls)
         else:
@@ -286,7 +314,8 @@ class LlamaCppEngine(Engine):
                 sink.put(i, text)
             seqs.append(
                 Sequence(group=group, index=i, tokens=list(tokens), n_prompt=len(tokens),
-                         params=p, max_len=self.max_len, sampler=sampler, stop=StopChecker(stops))
+                         params=p, max_len=self.max_len, sampler=sampler, stop=StopChecker(stops),
+                         greedy=is_plain_greedy(p, grammar))
             )
         self.scheduler.submit(seqs)
 

@@ -12,7 +12,7 @@ import llama_cpp
 
 from xnb.engines.base import SamplingParams
 
-__all__ = ["Vocab", "build_sampler", "common_prefix", "native_call"]
+__all__ = ["Vocab", "build_sampler", "common_prefix", "is_plain_greedy", "native_call"]
 
 
 _native_lock = threading.Lock()
@@ -90,6 +90,22 @@ class Vocab:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.ptr, token))
+
+
+def is_plain_greedy(params: SamplingParams, grammar: str | None) -> bool:
+    """Whether :func:`build_sampler` makes a chain that only takes the argmax of the raw
+    logits (no grammar, bias or penalties): such a sequence is sampled with numpy instead
+    (one ``argmax`` over the logits row, ~30 µs, versus ~175 µs for
+    ``llama_sampler_sample``, which builds a candidate array of the whole vocabulary)."""
+    temperature = 1.0 if params.temperature is None else params.temperature
+    return (
+        temperature <= 0.0
+        and not grammar
+        and not params.logit_bias
+        and (params.repeat_penalty or 1.0) == 1.0
+        and not params.frequency_penalty
+        and not params.presence_penalty
+    )
 
 
 def build_sampler(vocab: Vocab, params: SamplingParams, grammar: str | None) -> Any:

@@ -5,12 +5,13 @@ dequantizes them (memory of the unquantized model; needs the ``gguf`` package).
 Chat prompts are rendered by xnb's sandboxed :class:`~xnb.engines.chat_template.ChatTemplate`
 (option, catalog or tokenizer template), never ``tokenizer.apply_chat_template``.
 
-Generation is a token loop over the KV cache on an engine thread: a per-request
-``torch.Generator`` (a ``seed`` reproduces an answer while other requests run),
-incremental detokenization that never splits a character, stop strings, and a
-``sink.cancelled`` check before every step.  torch is imported only in ``load``;
-on CPU ``load`` calls ``torch.set_num_threads``, which is per *process* (all torch
-models of a worker process share it; the last replica loaded wins).
+Generation is continuous batching (:mod:`xnb.engines.transformers_batch`): up to
+``max_num_seqs`` requests share one forward pass per step, each with its own
+sampler (a ``seed`` reproduces an answer while other requests run), incremental
+detokenization that never splits a character and stop strings.  torch is
+imported only in ``load``; on CPU ``load`` calls ``torch.set_num_threads``, which
+is per *process* (all torch models of a worker process share it; the last
+replica loaded wins).
 """
 
 from __future__ import annotations
@@ -19,22 +20,20 @@ import importlib.util
 import inspect
 import logging
 import re
-import threading
-import time
 from typing import Any, Literal
 
 from pydantic import Field
 
 from xnb.engines.base import (
     BASE_PARAMS,
+    Engine,
     EngineOptions,
     GenerateRequest,
     Prompt,
-    SamplingParams,
     Sink,
-    StopChecker,
-    ThreadedEngine,
 )
+from xnb.engines.text import StopChecker
+from xnb.engines.torch_sampling import IncrementalDetokenizer, Sampler, TokenBytes, adds_bos, eos_ids
 from xnb.errors import InvalidRequest, LaunchFailed
 
 __all__ = ["TransformersEngine", "TransformersOptions", "IncrementalDetokenizer"]
@@ -53,58 +52,23 @@ class TransformersOptions(EngineOptions):
         default=None, description="accelerate device map ('auto': over all GPUs the process "
         "sees); default: the replica's first GPU, else the CPU")
     trust_remote_code: bool = Field(default=False, description="run code shipped with the model")
-    max_concurrency: int = Field(default=1, ge=1, le=64, description="requests generated at once")
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=256, description="sequences decoded in one batch; default: as many "
+        "full-context KV caches as fit in half the free memory, at most 16")
+    max_batched_tokens: int = Field(
+        default=512, ge=16, description="most tokens evaluated in one step (decode rows + prompt chunks)")
+    prefill_chunk: int = Field(
+        default=256, ge=8, description="prompt tokens a new sequence evaluates per step")
     chat_template: str | None = Field(
         default=None, description="override the catalog's and the tokenizer's chat template")
 
 
-class IncrementalDetokenizer:
-    """Token ids → text deltas, never splitting a multi-byte character.
-
-    Decodes a small window of recent tokens (so tokenizers whose text depends on
-    the neighbouring token, like SentencePiece's leading spaces, decode right)
-    and holds text back while it ends in U+FFFD, i.e. a partial UTF-8 sequence.
-    Special tokens render as nothing, as in the llama.cpp engine.
-    """
-
-    __slots__ = ("_tokenizer", "ids", "_prefix", "_read")
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self.ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self._prefix : self._read])
-        after = self._decode(self.ids[self._prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self.ids)
-            return after[len(before) :]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is held back (an incomplete character decodes as U+FFFD)."""
-        if self._read == len(self.ids):
-            return ""
-        before = self._decode(self.ids[self._prefix : self._read])
-        after = self._decode(self.ids[self._prefix :])
-        self._prefix = self._read = len(self.ids)
-        return after[len(before) :]
-
-
-class TransformersEngine(ThreadedEngine):
+class TransformersEngine(Engine):
     name = "transformers"
     abilities = frozenset({"chat", "generate"})
     formats = frozenset({"pytorch", "gguf"})
     supported_params = BASE_PARAMS | {
-        "top_k", "min_p", "repeat_penalty", "logit_bias", "ignore_eos",
+        "top_k", "min_p", "repeat_penalty", "logit_bias", "ignore_eos", "logprobs", "top_logprobs",
     }
     requires = ("transformers", "torch")
     Options = TransformersOptions
@@ -115,10 +79,8 @@ class TransformersEngine(ThreadedEngine):
         super().__init__(*args, **kwargs)
         self._model: Any = None  # set by load()
         self._tokenizer: Any = None
-        self._lock = threading.Lock()
-        self._counters: dict[str, float] = dict.fromkeys(
-            ("requests", "prompt_tokens", "tokens_generated", "active", "sequences_finished",
-             "sequences_aborted", "decode_seconds"), 0)
+        self.scheduler: Any = None  # transformers_batch.TorchBatchScheduler once loaded
+        self._max_num_seqs = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,21 +148,57 @@ class TransformersEngine(ThreadedEngine):
         forward_args = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self._forward_extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
-        self._eos = _eos_ids(model, tokenizer)
-        self._adds_bos = _adds_bos(tokenizer)
+        self._eos = frozenset(eos_ids(model, tokenizer))
+        self._adds_bos = adds_bos(tokenizer)
+        self._token_bytes = TokenBytes(tokenizer)
         self.template, template_origin = self._chat_template(tokenizer)
-        logger.info("transformers loaded %s (%s) on %s as %s", self.spec.model_name, path.name,
-                    self._device, model.dtype)
+        self._max_num_seqs, auto = self._batch_size(model, dtype_bytes=model.dtype.itemsize)
+        from xnb.engines.transformers_batch import TorchBatchScheduler
+
+        self.scheduler = TorchBatchScheduler(
+            model, device=self._device, cache_arg=self._cache_arg, forward_extra=self._forward_extra,
+            max_num_seqs=self._max_num_seqs, max_batched_tokens=opts.max_batched_tokens,
+            prefill_chunk=opts.prefill_chunk,
+        )
+        logger.info("transformers loaded %s (%s) on %s as %s, %d sequences at once", self.spec.model_name,
+                    path.name, self._device, model.dtype, self._max_num_seqs)
         return {
             "n_ctx": self.max_len,
             "device": str(self._device),
             "dtype": str(model.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
-            "max_concurrency": opts.max_concurrency,
+            "max_num_seqs": self._max_num_seqs,
+            "max_num_seqs_source": "auto" if auto else "option",
+            "max_batched_tokens": opts.max_batched_tokens,
             "parameters": sum(p.numel() for p in model.parameters()),
             "chat_template": template_origin,
             "gguf": "gguf_file" in kwargs,
         }
+
+    def _batch_size(self, model: Any, *, dtype_bytes: int) -> tuple[int, bool]:
+        """``(max_num_seqs, chosen automatically)``: the option, else what fits in memory
+        (:mod:`xnb.engines.sizing`); 1 for models whose cache cannot be padded and merged."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        from xnb.engines.sizing import default_max_num_seqs, free_memory
+
+        layers = DynamicCache(config=model.config).layers
+        if any(type(layer) is not DynamicLayer for layer in layers):
+            # Sliding-window or recurrent layers: rows cannot be left-padded and merged.
+            logger.info("%s has cache layers other than DynamicLayer: one sequence at a time",
+                        self.spec.model_name)
+            return 1, self.options.max_num_seqs is None
+        if self.options.max_num_seqs is not None:
+            return self.options.max_num_seqs, False
+        config = model.config.get_text_config(decoder=True)
+        heads = getattr(config, "num_attention_heads", 1)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+        gpu = self.resources.gpus[0] if self._device.type == "cuda" and self.resources.gpus else None
+        # Nothing is allocated ahead (the cache grows with use): half the free memory may hold it.
+        return default_max_num_seqs(per_token * self.max_len, free_memory(gpu), share=0.5), True
 
     def _chat_template(self, tokenizer: Any) -> tuple[Any, str | None]:
         from xnb.engines.chat_template import ChatTemplate
@@ -222,10 +220,12 @@ class TransformersEngine(ThreadedEngine):
 
     @property
     def max_concurrency(self) -> int:
-        return self.options.max_concurrency
+        return self._max_num_seqs or self.options.max_num_seqs or 1
 
     def unload(self) -> None:
-        super().unload()
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None
         model, self._model = self._model, None
         self._tokenizer = None
         if model is not None and model.device.type == "cuda":
@@ -233,11 +233,7 @@ class TransformersEngine(ThreadedEngine):
             self._torch.cuda.empty_cache()
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            out = dict(self._counters)
-        secs = out.pop("decode_seconds")
-        out["decode_tokens_per_second"] = round(out["tokens_generated"] / secs, 2) if secs else None
-        return out
+        return self.scheduler.stats() if self.scheduler is not None else {}
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -267,146 +263,25 @@ class TransformersEngine(ThreadedEngine):
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
-        assert prompt.ids is not None
+    def start(self, request: GenerateRequest, prompt: Prompt, sink: Sink) -> None:
+        from xnb.engines.transformers_batch import TorchSequence
+
+        assert prompt.ids is not None and prompt.max_new is not None
+        params = request.params
         if request.echo:
             sink.put(0, prompt.text)
-        with self._lock:
-            self._counters["requests"] += 1
-            self._counters["prompt_tokens"] += len(prompt.ids)
-            self._counters["active"] += 1
-        try:
-            reason, generated, tail = self._decode(prompt, request.params, sink)
-        finally:
-            with self._lock:
-                self._counters["active"] -= 1
-        with self._lock:
-            key = "sequences_aborted" if reason == "abort" else "sequences_finished"
-            self._counters[key] += 1
-        sink.finish(0, reason, tail)
-        sink.close(len(prompt.ids), generated)
+        seq = TorchSequence(
+            sink=sink, ids=list(prompt.ids), n_prompt=len(prompt.ids), max_new=prompt.max_new,
+            sampler=Sampler(self._torch, params),
+            stop=StopChecker(prompt.stops),
+            detok=IncrementalDetokenizer(self._tokenizer),
+            eos=frozenset() if params.ignore_eos else self._eos,
+            logprobs=(params.top_logprobs or 0) if params.logprobs else None,
+            piece=self._token_bytes,
+        )
+        self.scheduler.submit(seq)
 
-    def _decode(self, prompt: Prompt, params: SamplingParams, sink: Sink) -> tuple[str, int, str]:
-        """The token loop: ``(finish reason, tokens generated, text still to send)``."""
-        torch, model = self._torch, self._model  # unload() may drop self._model meanwhile
-        sampler = _Sampler(torch, params)
-        detok = IncrementalDetokenizer(self._tokenizer)
-        assert prompt.ids is not None and prompt.max_new is not None
-        stop = StopChecker(prompt.stops)
-        eos = set() if params.ignore_eos else self._eos
-        history = torch.tensor([prompt.ids], dtype=torch.long, device=self._device)
-        step_input = history
-        cache = None
-        generated = 0
-        reason = "length"
-        by_string = False
-        started = time.monotonic()
-        with torch.inference_mode():
-            while generated < prompt.max_new:
-                if sink.cancelled.is_set():
-                    reason = "abort"
-                    break
-                out = model(input_ids=step_input, use_cache=True, **{self._cache_arg: cache},
-                            **self._forward_extra)
-                cache = getattr(out, self._cache_arg)
-                token = sampler.sample(history, out.logits[:, -1, :])
-                generated += 1
-                if token in eos:
-                    reason = "stop"
-                    break
-                step_input = torch.tensor([[token]], dtype=torch.long, device=self._device)
-                history = torch.cat([history, step_input], dim=1)
-                text = detok.push(token)
-                if text:
-                    safe, by_string = stop.feed(text)
-                    sink.put(0, safe)
-                    if by_string:
-                        reason = "stop"
-                        break
-        with self._lock:
-            self._counters["tokens_generated"] += generated
-            self._counters["decode_seconds"] += time.monotonic() - started
-        if reason == "abort" or by_string:
-            return reason, generated, ""
-        rest = detok.flush()
-        safe, by_string = stop.feed(rest) if rest else ("", False)
-        if by_string:
-            return "stop", generated, safe
-        return reason, generated, safe + stop.flush()
-
-
-class _Sampler:
-    """Next-token choice as ``generate`` makes it, with a per-request generator.
-
-    Repetition penalty and logit bias, then (unless greedy) temperature, top-k,
-    top-p, min-p; unset parameters take OpenAI defaults (temperature 1).
-    """
-
-    def __init__(self, torch: Any, params: SamplingParams) -> None:
-        import transformers as tf
-
-        self._torch = torch
-        self._seed = params.seed
-        self._generator: Any = None
-        self._bias = {int(k): float(v) for k, v in (params.logit_bias or {}).items()}
-        temperature = 1.0 if params.temperature is None else params.temperature
-        self.greedy = temperature <= 0.0
-        procs = tf.LogitsProcessorList()
-        if params.repeat_penalty is not None and params.repeat_penalty != 1.0:
-            procs.append(tf.RepetitionPenaltyLogitsProcessor(params.repeat_penalty))
-        self._penalties = procs
-        warpers = tf.LogitsProcessorList()
-        if not self.greedy:
-            if temperature != 1.0:
-                warpers.append(tf.TemperatureLogitsWarper(temperature))
-            if params.top_k:
-                warpers.append(tf.TopKLogitsWarper(params.top_k))
-            if params.top_p is not None and params.top_p < 1.0:
-                warpers.append(tf.TopPLogitsWarper(params.top_p))
-            if params.min_p:
-                warpers.append(tf.MinPLogitsWarper(params.min_p))
-        self._warpers = warpers
-
-    def sample(self, history: Any, logits: Any) -> int:
-        """One token id from the last position's ``logits`` (shape ``(1, vocab)``)."""
-        torch = self._torch
-        scores = logits.float()
-        scores = self._penalties(history, scores)
-        if self._bias:
-            ids = torch.tensor(list(self._bias), device=scores.device)
-            ids = ids[ids < scores.shape[-1]]
-            values = torch.tensor([self._bias[int(i)] for i in ids], device=scores.device)
-            scores[0, ids] += values
-        if self.greedy:
-            return int(scores.argmax(dim=-1)[0])
-        scores = self._warpers(history, scores)
-        probs = torch.softmax(scores, dim=-1)
-        if self._generator is None:
-            self._generator = torch.Generator(device=scores.device)
-            if self._seed is None:
-                self._generator.seed()
-            else:
-                self._generator.manual_seed(self._seed & 0xFFFF_FFFF_FFFF_FFFF)
-        return int(torch.multinomial(probs, 1, generator=self._generator)[0, 0])
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Token ids that end a generation: the generation config's and the tokenizer's EOS."""
-    ids: set[int] = set()
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None) if config is not None else None
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif eos:
-        ids.update(int(i) for i in eos)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer puts BOS in front of text it tokenizes with special tokens."""
-    if tokenizer.bos_token_id is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id
+    def abort(self, sink: Sink) -> None:
+        sink.cancelled.set()
+        if self.scheduler is not None:
+            self.scheduler.wake()

@@ -42,6 +42,7 @@ from xnb.engines.base import (
 )
 from xnb.errors import EngineError, InvalidRequest, LaunchFailed, XnbError
 from xnb.openai.tools import auto_choice, call_schema
+from xnb.protocol import ReplicaStatus
 
 __all__ = ["VllmEngine", "VllmOptions"]
 
@@ -101,7 +102,7 @@ class VllmEngine(Engine):
 
     def load(self) -> dict[str, Any]:
         opts, gpus = self.options, list(self.resources.gpus)
-        self.report("loading", step="importing vLLM")
+        self.report(ReplicaStatus.LOADING, step="importing vLLM")
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
@@ -146,7 +147,7 @@ class VllmEngine(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="xnb-vllm", daemon=True)
         self._thread.start()
         started = time.monotonic()
-        self.report("loading", step="starting the vLLM engine (weights, KV cache, warm-up)")
+        self.report(ReplicaStatus.LOADING, step="starting the vLLM engine (weights, KV cache, warm-up)")
 
         async def build() -> Any:
             return AsyncLLM.from_engine_args(args)
@@ -162,7 +163,7 @@ class VllmEngine(Engine):
             raise failure
         config = self._engine.vllm_config
         self._tokenizer = self._engine.get_tokenizer()
-        self.report("loading", step="vLLM engine ready; loading the chat template")
+        self.report(ReplicaStatus.LOADING, step="vLLM engine ready; loading the chat template")
         self.template, template_origin = self._chat_template()
         self.max_len = config.model_config.max_model_len
         cache = config.cache_config

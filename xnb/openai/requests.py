@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from xnb.engines.base import GenerateRequest, SamplingParams
+from xnb.protocol import MAX_TOP_LOGPROBS
 from xnb.errors import InvalidRequest, UnsupportedParameter
 from xnb.openai.tools import check_schema, resolve_tool_choice, validate_tools
 
@@ -102,7 +103,6 @@ class _OpenAIBody(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
     # llama.cpp-style extensions, as llama-cpp-python's server accepts them
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -116,8 +116,6 @@ class _OpenAIBody(BaseModel):
         unknown = sorted(set(self.model_extra or {}) - _IGNORED)
         if unknown:
             raise InvalidRequest(f"unrecognized request argument(s): {', '.join(unknown)}", param=unknown[0])
-        if self.logprobs:
-            raise UnsupportedParameter("logprobs are not supported by xnb's engines yet", param="logprobs")
         return self
 
     @field_validator("stop")
@@ -155,6 +153,14 @@ class ChatCompletionRequest(_OpenAIBody):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        return self
 
     def to_generate(self) -> GenerateRequest:
         schema = _response_schema(self.response_format)
@@ -166,7 +172,8 @@ class ChatCompletionRequest(_OpenAIBody):
                 "use tool_choice none, or describe the answer as a tool",
                 param="response_format",
             )
-        params = self.sampling(self.max_completion_tokens or self.max_tokens, json_schema=schema)
+        params = self.sampling(self.max_completion_tokens or self.max_tokens, json_schema=schema,
+                               logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs)
         return GenerateRequest(
             kind="chat", messages=normalize_messages(self.messages), tools=tools, tool_choice=choice,
             parallel_tool_calls=self.parallel_tool_calls is not False, n=self.n, params=params,
@@ -179,6 +186,7 @@ class CompletionRequest(_OpenAIBody):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _supported(self) -> "CompletionRequest":
@@ -188,6 +196,8 @@ class CompletionRequest(_OpenAIBody):
             raise ValueError("best_of is not supported; use n")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
+        if self.echo and self.logprobs is not None:
+            raise UnsupportedParameter("echo with logprobs (prompt logprobs) is not supported", param="logprobs")
         return self
 
     @property
@@ -196,7 +206,8 @@ class CompletionRequest(_OpenAIBody):
 
     def to_generate(self) -> list[GenerateRequest]:
         """One neutral request per prompt (choice index = prompt index × n + i)."""
-        params = self.sampling(self.max_tokens)
+        params = self.sampling(self.max_tokens, logprobs=self.logprobs is not None,
+                               top_logprobs=self.logprobs or None)
         return [
             GenerateRequest(kind="completion", prompt=p, n=self.n, echo=self.echo, params=params)
             for p in self.prompts

@@ -1,6 +1,7 @@
 """OpenAI response shapes, built in one place for every engine and every client.
 
-Engines produce neutral deltas ``(index, text, finish_reason)``; the API
+Engines produce neutral deltas ``(index, text, finish_reason, logprobs)``
+(:data:`xnb.engines.base.Delta`); the API
 sidecar and the Python client both turn them into OpenAI objects here, so a
 chat completion looks the same whether it came over HTTP or from
 ``model.chat()`` in a notebook.
@@ -11,10 +12,11 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from xnb.engines.logprobs import TokenLogprob, as_token_logprob
 from xnb.openai.tools import ToolCallStream, parse_tool_calls
 
 __all__ = [
@@ -26,29 +28,83 @@ __all__ = [
     "embedding_list",
     "model_object",
     "collect_choices",
+    "chat_logprobs",
+    "completion_logprobs",
+    "Choice",
     "ChunkBuilder",
 ]
 
-Delta = tuple[int, str, "str | None"]
+#: ``(index, text, finish_reason[, logprobs])``; engines send the 4-tuple.
+Delta = Sequence[Any]
+
+
+class Choice(NamedTuple):
+    """One finished choice: its text, finish reason and (if asked for) token logprobs."""
+
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
+
+
+def _logprobs_of(delta: Delta) -> list[TokenLogprob] | None:
+    raw = delta[3] if len(delta) > 3 else None
+    return None if raw is None else [as_token_logprob(t) for t in raw]
+
+
+def chat_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """OpenAI's chat ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    if tokens is None:
+        return None
+    return {
+        "content": [
+            {"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+             "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top]}
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(tokens: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
+    """The legacy completions ``logprobs`` object (tokens, token_logprobs,
+    top_logprobs as ``{token: logprob}``, text_offset from ``offset`` on)."""
+    if tokens is None:
+        return None
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def collect_choices(deltas: Iterable[Delta], n: int) -> list[tuple[str, str | None]]:
-    """Join streamed deltas into ``(text, finish_reason)`` per choice index."""
-    texts = [[] for _ in range(n)]
+def collect_choices(deltas: Iterable[Delta], n: int) -> list[Choice]:
+    """Join streamed deltas into one :class:`Choice` per choice index."""
+    texts: list[list[str]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
-    for index, text, reason in deltas:
+    logprobs: list[list[TokenLogprob] | None] = [None] * n
+    for delta in deltas:
+        index, text, reason = delta[0], delta[1], delta[2]
         while index >= len(texts):
             texts.append([])
             reasons.append(None)
+            logprobs.append(None)
         if text:
             texts[index].append(text)
         if reason:
             reasons[index] = reason
-    return [("".join(t), r) for t, r in zip(texts, reasons)]
+        tokens = _logprobs_of(delta)
+        if tokens is not None:
+            logprobs[index] = (logprobs[index] or []) + tokens
+    return [Choice("".join(t), r, lp) for t, r, lp in zip(texts, reasons, logprobs)]
 
 
 def _finish(reason: str | None) -> str | None:
@@ -56,7 +112,8 @@ def _finish(reason: str | None) -> str | None:
     return "stop" if reason == "abort" else reason
 
 
-def _chat_choice(i: int, text: str, reason: str | None, tool_mode: bool) -> dict[str, Any]:
+def _chat_choice(i: int, choice: Sequence[Any], tool_mode: bool) -> dict[str, Any]:
+    text, reason, tokens = Choice(*choice)
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     finish = _finish(reason) or "stop"
     calls = parse_tool_calls(text) if tool_mode else None
@@ -64,11 +121,11 @@ def _chat_choice(i: int, text: str, reason: str | None, tool_mode: bool) -> dict
         message["content"] = None
         message["tool_calls"] = calls
         finish = "tool_calls" if finish == "stop" else finish
-    return {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+    return {"index": i, "message": message, "logprobs": chat_logprobs(tokens), "finish_reason": finish}
 
 
 def chat_completion(
-    *, id: str, model: str, created: int, choices: list[tuple[str, str | None]], usage: dict[str, int],
+    *, id: str, model: str, created: int, choices: Sequence[Sequence[Any]], usage: dict[str, int],
     tool_mode: bool = False,
 ) -> dict[str, Any]:
     """A chat completion; with ``tool_mode`` outputs that are calls become ``tool_calls``."""
@@ -77,7 +134,7 @@ def chat_completion(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [_chat_choice(i, text, reason, tool_mode) for i, (text, reason) in enumerate(choices)],
+        "choices": [_chat_choice(i, choice, tool_mode) for i, choice in enumerate(choices)],
         "usage": usage,
         "system_fingerprint": None,
     }
@@ -86,6 +143,7 @@ def chat_completion(
 def chat_chunk(
     *, id: str, model: str, created: int, index: int | None = None, delta: dict[str, Any] | None = None,
     finish_reason: str | None = None, usage: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": id,
@@ -95,7 +153,7 @@ def chat_chunk(
         "system_fingerprint": None,
         "choices": []
         if index is None
-        else [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": _finish(finish_reason)}],
+        else [{"index": index, "delta": delta or {}, "logprobs": logprobs, "finish_reason": _finish(finish_reason)}],
     }
     if usage is not None:
         chunk["usage"] = usage
@@ -103,16 +161,18 @@ def chat_chunk(
 
 
 def completion(
-    *, id: str, model: str, created: int, choices: list[tuple[str, str | None]], usage: dict[str, int],
+    *, id: str, model: str, created: int, choices: Sequence[Sequence[Any]], usage: dict[str, int],
 ) -> dict[str, Any]:
+    full = [Choice(*c) for c in choices]
     return {
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model,
         "choices": [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": _finish(reason) or "stop"}
-            for i, (text, reason) in enumerate(choices)
+            {"index": i, "text": c.text, "logprobs": completion_logprobs(c.logprobs),
+             "finish_reason": _finish(c.finish_reason) or "stop"}
+            for i, c in enumerate(full)
         ],
         "usage": usage,
         "system_fingerprint": None,
@@ -122,6 +182,7 @@ def completion(
 def completion_chunk(
     *, id: str, model: str, created: int, index: int | None = None, text: str = "",
     finish_reason: str | None = None, usage: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": id,
@@ -131,7 +192,7 @@ def completion_chunk(
         "system_fingerprint": None,
         "choices": []
         if index is None
-        else [{"index": index, "text": text, "logprobs": None, "finish_reason": _finish(finish_reason)}],
+        else [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": _finish(finish_reason)}],
     }
     if usage is not None:
         chunk["usage"] = usage
@@ -185,10 +246,13 @@ class ChunkBuilder:
         self.id = new_id("chatcmpl" if kind == "chat" else "cmpl")
         self.created = int(time.time())
         self._started: set[int] = set()
+        self._offsets: dict[int, int] = {}
 
     def chunks(self, deltas: Iterable[Delta]) -> list[dict[str, Any]]:
         out = []
-        for index, text, reason in deltas:
+        for delta in deltas:
+            index, text, reason = delta[0], delta[1], delta[2]
+            tokens = _logprobs_of(delta)
             if self.kind == "chat":
                 pieces: list[dict[str, Any]]
                 if self.tool_mode:
@@ -202,16 +266,21 @@ class ChunkBuilder:
                     self._started.add(index)
                     first = pieces.pop(0) if pieces and "content" in pieces[0] else {"content": ""}
                     pieces.insert(0, {"role": "assistant", **first})
-                for delta in pieces:
+                logprobs = chat_logprobs(tokens) if tokens else None
+                for piece in pieces:
                     out.append(chat_chunk(id=self.id, model=self.model, created=self.created,
-                                          index=index, delta=delta))
-                if reason:
+                                          index=index, delta=piece, logprobs=logprobs))
+                    logprobs = None  # a delta's tokens ride on its first chunk
+                if reason or logprobs:
                     out.append(chat_chunk(id=self.id, model=self.model, created=self.created,
-                                          index=index, delta={}, finish_reason=reason))
+                                          index=index, delta={}, finish_reason=reason, logprobs=logprobs))
             else:
-                if text or reason:
+                if text or reason or tokens:
+                    offset = self._offsets.get(index, 0)
+                    self._offsets[index] = offset + len(text)
                     out.append(completion_chunk(id=self.id, model=self.model, created=self.created,
-                                                index=index, text=text, finish_reason=reason))
+                                                index=index, text=text, finish_reason=reason,
+                                                logprobs=completion_logprobs(tokens, offset) if tokens else None))
         return out
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ one worker serve at the same time.
 
 Streaming is pulled (Dask actor calls only return values): :meth:`start`
 returns a stream id, :meth:`pull` returns every delta produced since the last
-pull — compact ``(index, text, finish_reason)`` tuples, OpenAI shapes are
+pull — compact ``(index, text, finish_reason, logprobs)`` tuples, OpenAI shapes are
 built on the client side — and :meth:`abort` cancels.
 """
 

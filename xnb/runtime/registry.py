@@ -105,6 +105,8 @@ class ModelRecord:
             "abilities": list(self.spec.abilities),
             "engine": self.spec.engine,
             "model_name": self.spec.model_name,
+            "dimensions": self.spec.dimensions,
+            "matryoshka_min_dimensions": self.spec.matryoshka_min_dimensions,
             "version": self.version,
             "replicas": [
                 {"replica": r.index, "worker": r.worker, "key": r.key, "status": r.status.value}
