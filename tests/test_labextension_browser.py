@@ -219,18 +219,18 @@ def test_cell_magic_body_is_plain_text(jupyter: JupyterServer, page: Any) -> Non
         "nbformat": 4, "nbformat_minor": 5,
     }
     (jupyter.notebook_dir / "cellmagic.ipynb").write_text(json.dumps(notebook))
-    page.goto(f"{jupyter.url}/lab/tree/cellmagic.ipynb?token={jupyter.token}", timeout=120_000)
+    # reset: only this notebook open (an earlier test leaves another one).
+    page.goto(f"{jupyter.url}/lab/tree/cellmagic.ipynb?token={jupyter.token}&reset", timeout=120_000)
     cells = page.locator(".jp-NotebookPanel .jp-CodeCell")
     cells.nth(2).wait_for(timeout=120_000)
+    # Python highlighting is applied asynchronously: wait until the Python cell has its keyword span.
+    page.wait_for_function("c => [...c.querySelectorAll('.cm-line span')].some(s => s.textContent === 'def')",
+                           arg=cells.nth(0).element_handle(), timeout=30_000)
     # The third cell typed by hand: the language switches as its first line becomes the magic.
     cells.nth(2).locator(".cm-content").click()
+    cells.nth(2).locator(".cm-editor.cm-focused").wait_for(timeout=10_000)
     page.keyboard.type(f"%%xnb complete lab-smol\n{body}")
-    page.wait_for_function(
-        "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell')[2].querySelectorAll('.cm-line').length === 2")
-    # Python highlighting is applied asynchronously: wait until the Python cell has its keyword span.
-    page.wait_for_function("(() => { const c = document.querySelector('.jp-NotebookPanel .jp-CodeCell');"
-                           " return [...c.querySelectorAll('.cm-line span')].some(s => s.textContent === 'def'); })()",
-                           timeout=30_000)
+    page.wait_for_function("c => c.querySelectorAll('.cm-line').length === 2", arg=cells.nth(2).element_handle())
     snap(page, "12-cell-magic-plain-text")
 
     python = cells.nth(0).evaluate(LINE_TOKENS_JS)
