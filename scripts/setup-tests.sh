@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 logs=$(mktemp -d)
+# XNB_SKIP_LABEXTENSION: setup.py (run by its editable install) must not build the JupyterLab
+# extension at the same time as scripts/bootstrap.sh does; the vLLM worker does not need it.
 XNB_SKIP_LABEXTENSION=1 scripts/bootstrap-vllm.sh >"$logs/vllm.log" 2>&1 &
 vllm=$!
 { scripts/install-netns-tools.sh && scripts/install-browser.sh; } >"$logs/system.log" 2>&1 &

@@ -454,7 +454,7 @@ class Supervisor(SchedulerPlugin):
             needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0),
                           engine=record.spec.engine)
             placements = place(self._workers(), needs, replicas - len(live),
-                               pin_workers=record.options.get("workers"))
+                               pin_workers=record.options.get("workers"), pin_gpus=record.launch.get("gpu_idx"))
             start = max((r.index for r in record.replicas), default=-1) + 1
             fresh = [ReplicaRecord(index=start + i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
                      for i, p in enumerate(placements)]

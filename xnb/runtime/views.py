@@ -1,6 +1,6 @@
 """What the Supervisor reports about its workers, from the scheduler's worker states
 and its model records: the placement view of each worker and the cluster description
-(``xnb_cluster``: ``xnb status``, ``GET /api/cluster``, the panel's cluster view)."""
+(``xnb_cluster``: ``xnb cluster``, ``%xnb status``, ``GET /api/cluster``, the panel's cluster view)."""
 
 from __future__ import annotations
 
