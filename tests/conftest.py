@@ -59,16 +59,19 @@ def sidecar(cluster, smol, xnb_settings: XnbSettings) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "XNB_API_KEYS": INFERENCE_KEY, "XNB_ADMIN_API_KEYS": ADMIN_KEY,
            "XNB_HOME": str(xnb_settings.home)}
+    # Its log goes to a file: a pipe nobody reads fills up and blocks the sidecar's logging.
+    log_path = xnb_settings.home / "sidecar.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "xnb.cli", "serve", "--scheduler", cluster.scheduler_address,
          "--port", str(port), "--max-queue", "64"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"sidecar exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(f"sidecar exited: {log_path.read_text()}")
         try:
             return httpx.get(url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -81,6 +84,7 @@ def sidecar(cluster, smol, xnb_settings: XnbSettings) -> Iterator[str]:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
 
 
 @pytest.fixture(scope="session")

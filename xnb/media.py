@@ -63,7 +63,8 @@ class MediaOperations:
         try:
             async for kind, value in events:
                 if kind == "deltas":
-                    for _, item, _finish in value:
+                    for delta in value:  # Delta: (index, item, finish, logprobs)
+                        item = delta[1]
                         if item:
                             yield dict(item)
         finally:
@@ -79,7 +80,8 @@ class MediaOperations:
         try:
             async for kind, value in events:
                 if kind == "deltas":
-                    for _, chunk, _finish in value:
+                    for delta in value:  # Delta: (index, chunk, finish, logprobs)
+                        chunk = delta[1]
                         if chunk:
                             yield bytes(chunk)
         finally:
