@@ -107,7 +107,10 @@ def speak(magics: "XnbMagics", args: list[str]) -> None:
 
 
 def rerank(magics: "XnbMagics", args: list[str]) -> None:
-    from xnb.jupyter.magics import _parser, _table
+    from IPython.display import display
+
+    from xnb.jupyter.display import Table
+    from xnb.jupyter.magics import _parser
 
     p = _parser("rerank")
     p.add_argument("--model")
@@ -125,8 +128,9 @@ def rerank(magics: "XnbMagics", args: list[str]) -> None:
     query = _text(magics, ns.query, "the query")
     model = magics.client.get(magics._pick(ns.model, "rerank"))
     results = model.rerank(query, [str(d) for d in docs], top_n=ns.top)
-    _table([[i + 1, f"{r['relevance_score']:.4f}", r["index"], _short(r["document"]["text"])]
-            for i, r in enumerate(results)], ["RANK", "SCORE", "INDEX", "DOCUMENT"])
+    display(Table(["RANK", "SCORE", "INDEX", "DOCUMENT"],
+                  [[i + 1, f"{r['relevance_score']:.4f}", r["index"], _short(r["document"]["text"])]
+                   for i, r in enumerate(results)]))
     _store(magics, ns.out, results)
 
 
