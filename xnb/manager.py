@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 ACTOR_CONNECT_TIMEOUT_S = 5.0
 ROUTE_TTL_S = 2.0
+CONNECTING_GRACE_S = 3.0  # a Dask client still (re)connecting, before a call answers 503
 #: How errors name an ability ("cannot speak", not "cannot speech").
 _VERBS = {"speech": "speak", "image": "draw images"}
 
@@ -104,9 +105,13 @@ class ModelManager(MediaOperations):
 
     # -- the Supervisor -----------------------------------------------------------------------
 
-    def _check_connected(self) -> None:
-        """Fail at once (503, Retry-After) while the scheduler is away, instead of
-        waiting out Dask's connect timeout; start reconnecting if Dask gave up."""
+    async def _check_connected(self) -> None:
+        """503 (Retry-After) within seconds while the scheduler is away, instead of waiting
+        out Dask's connect timeout (a connection being made gets CONNECTING_GRACE_S to come
+        up); start reconnecting if Dask gave up."""
+        deadline = time.monotonic() + CONNECTING_GRACE_S
+        while self.client.status in ("newly-created", "connecting") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         status = self.client.status
         if status == "running":
             return
@@ -135,7 +140,7 @@ class ModelManager(MediaOperations):
             pass
 
     async def call(self, op: str, **kwargs: Any) -> Any:
-        self._check_connected()
+        await self._check_connected()
         try:
             reply = await getattr(self.client.scheduler, op)(**kwargs)
         except OSError as exc:
@@ -441,7 +446,7 @@ class ModelManager(MediaOperations):
                     f"this model embeds into {vectors.shape[1]} dimensions; it cannot give {body.dimensions}",
                     param="dimensions",
                 )
-            vectors = matryoshka_truncate(vectors, body.dimensions)
+            vectors = shapes.matryoshka_truncate(vectors, body.dimensions)
         return shapes.embedding_list(
             model=body.model, vectors=vectors, prompt_tokens=tokens, encoding_format=body.encoding_format
         )
@@ -464,13 +469,6 @@ class ModelManager(MediaOperations):
                 f"model {uid!r} ({routes['model_name']}) can give {least} to {full} dimensions, not {dimensions}",
                 param="dimensions",
             )
-
-
-def matryoshka_truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
-    """The first ``dimensions`` components of each vector, renormalised to unit length."""
-    cut = np.asarray(vectors, dtype=np.float32)[:, :dimensions]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.where(norms == 0, 1, norms)
 
 
 def _serving(routes: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ __all__ = [
     "completion",
     "completion_chunk",
     "embedding_list",
+    "matryoshka_truncate",
     "model_object",
     "collect_choices",
     "chat_logprobs",
@@ -289,3 +290,10 @@ class ChunkBuilder:
         if self.kind == "chat":
             return chat_chunk(id=self.id, model=self.model, created=self.created, usage=usage)
         return completion_chunk(id=self.id, model=self.model, created=self.created, usage=usage)
+
+
+def matryoshka_truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first ``dimensions`` components of each vector, renormalised to unit length."""
+    cut = np.asarray(vectors, dtype=np.float32)[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.where(norms == 0, 1, norms)
