@@ -60,15 +60,8 @@ class MediaOperations:
         request = request or TranscribeRequest()
         events = self._pulled(uid, "transcribe", "start_media", "transcribe",
                               request.model_dump(exclude_defaults=True), bytes(audio))
-        try:
-            async for kind, value in events:
-                if kind == "deltas":
-                    for delta in value:  # Delta: (index, item, finish, logprobs)
-                        item = delta[1]
-                        if item:
-                            yield dict(item)
-        finally:
-            await events.aclose()
+        async for item in _payloads(events):
+            yield dict(item)
 
     async def speech(self: "ModelManager", uid: str, request: SpeechRequest) -> bytes:
         """Text to speech: the whole audio file in ``request.response_format``."""
@@ -77,15 +70,8 @@ class MediaOperations:
     async def speech_stream(self: "ModelManager", uid: str, request: SpeechRequest) -> AsyncIterator[bytes]:
         """Text to speech as it is synthesized (WAV and PCM a sentence at a time)."""
         events = self._pulled(uid, "speech", "start_media", "speak", request.model_dump(exclude_defaults=True))
-        try:
-            async for kind, value in events:
-                if kind == "deltas":
-                    for delta in value:  # Delta: (index, chunk, finish, logprobs)
-                        chunk = delta[1]
-                        if chunk:
-                            yield bytes(chunk)
-        finally:
-            await events.aclose()
+        async for chunk in _payloads(events):
+            yield bytes(chunk)
 
     async def rerank(self: "ModelManager", uid: str, query: str, documents: list[str]) -> tuple[list[float], int]:
         """Relevance of each document to ``query``: ``(scores, prompt tokens)``.  Cross-encoders
@@ -118,3 +104,15 @@ class MediaOperations:
     async def images_response(self: "ModelManager", body: ImagesRequest) -> dict[str, Any]:
         return images_body(await self.images(body.model, body.to_engine()))
 
+
+async def _payloads(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The non-empty payloads of a pulled media stream's deltas, in order (a delta is
+    ``(index, payload, finish, logprobs)``); closing this closes the stream."""
+    try:
+        async for kind, value in events:
+            if kind == "deltas":
+                for delta in value:
+                    if delta[1]:
+                        yield delta[1]
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
