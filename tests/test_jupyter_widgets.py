@@ -6,6 +6,7 @@ long work runs in the panel's background threads, so the tests wait on condition
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from test_jupyter import JupyterServer, shared_server
 
 import xnb
 from xnb.jupyter.views import launch_progress
-from xnb.jupyter.widgets import PLACEHOLDER, Panel
+from xnb.jupyter.widgets import PANEL_MIME, PLACEHOLDER, Panel
 from xnb.runtime.registry import progress_line
 
 SMOL = "smollm2-135m-instruct"
@@ -181,9 +182,14 @@ def test_models_grid_lines_up_and_keeps_whole_values(panel: Panel) -> None:
 
 
 def test_placeholder_after_a_kernel_restart(panel: Panel) -> None:
+    """The widget-view, the hint as plain text (nbconvert, GitHub) and the xnb type the
+    JupyterLab extension renders: the same view plus the hint it shows once the kernel is gone."""
     bundle = panel._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    view = bundle["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == panel.model_id
     assert bundle["text/plain"] == PLACEHOLDER and "run this cell again" in PLACEHOLDER
+    assert bundle[PANEL_MIME] == {**view, "hint": PLACEHOLDER}
+    json.dumps(bundle)  # what goes into the notebook file
 
 
 def test_launch_errors_stay_visible(panel: Panel, client: Any) -> None:

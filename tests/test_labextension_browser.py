@@ -1,8 +1,8 @@
 """The xnb JupyterLab sidebar in a real browser (Debian's chromium driven by playwright)
 against the shared Jupyter server: open it, find SmolLM2 in the catalog, launch it and
 follow its progress to ``ready``, insert the ``openai`` snippet into a new notebook and
-run it, chat in the chat tab, terminate the model; and an impossible launch shows its
-error in place.  Screenshots of each step (light and dark theme) go to tests/artifacts/labextension/.
+run it, chat in the chat tab, terminate the model; an impossible launch shows its
+error in place; and the xnb panel's output says "run this cell again" once its kernel is gone.  Screenshots of each step (light and dark theme) go to tests/artifacts/labextension/.
 
 Needs the built extension (scripts/build-labextension.sh), ``/usr/bin/chromium`` and the
 ``playwright`` package (scripts/install-browser.sh); skipped, saying so, where they are missing.
@@ -17,9 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
+from support import wait_until
 from test_jupyter import LABEXTENSION, JupyterServer, shared_server
 from test_jupyter_browser import CHROMIUM, CHROMIUM_ARGS
+
+from xnb.jupyter.widgets import PANEL_MIME, PLACEHOLDER
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (scripts/install-browser.sh)")
 if not shutil.which(CHROMIUM):
@@ -242,3 +246,60 @@ def test_cell_magic_body_is_plain_text(jupyter: JupyterServer, page: Any) -> Non
         # The magic line as Python shows it: `%%xnb` uncoloured, the `-` of lab-smol an operator.
         assert magic_line[0][0].startswith("%%xnb") and not magic_line[0][1], (i, magic_line)
         assert ["-", True] in magic_line, (i, magic_line)
+
+
+def test_panel_after_a_kernel_restart_says_run_again(jupyter: JupyterServer, page: Any) -> None:
+    """Issue #17 (13): once the panel's kernel is gone (restarted here; then the notebook reopened)
+    its output says how to get it back instead of ipywidgets' broken links or "Error displaying
+    widget"; running the cell again brings the live panel back."""
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("import xnb.jupyter\nxnb.jupyter.panel()")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, jupyter.notebook_dir / "restart.ipynb")
+    url = f"{jupyter.url}/lab/tree/restart.ipynb?token={jupyter.token}&reset"
+    try:
+        page.goto(url, timeout=120_000)
+        output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea-output")
+        hint = output.locator(".xnb-panel-hint")
+        run_cell(page)
+        page.locator(".xnb-panel").wait_for(state="visible", timeout=120_000)
+        assert hint.is_hidden()  # the live panel, not the hint
+        snap(page, "13-panel-live")
+
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel")).first.click()
+        page.locator(".jp-Dialog button", has_text=re.compile(r"^Restart$")).click()
+        hint.wait_for(state="visible", timeout=60_000)
+        assert hint.inner_text() == PLACEHOLDER
+        assert page.locator(".xnb-panel").is_hidden()  # no disconnected widgets with broken links
+        assert "Error displaying widget" not in output.inner_text()
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+        snap(page, "14-panel-after-restart")
+
+        # Saved and reopened: the widget's model is in no kernel now (ipywidgets' "model not found").
+        page.keyboard.press("Control+s")
+        wait_until(lambda: PANEL_MIME in (jupyter.notebook_dir / "restart.ipynb").read_text(), timeout=30,
+                   what="the notebook to be saved with the panel's output")
+        page.goto(url, timeout=120_000)
+        hint.wait_for(state="visible", timeout=120_000)
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+        assert hint.inner_text() == PLACEHOLDER and "Error displaying widget" not in output.inner_text()
+        snap(page, "15-panel-reopened")
+
+        run_cell(page)
+        page.locator(".xnb-panel").wait_for(state="visible", timeout=120_000)
+        assert hint.count() == 0 or hint.is_hidden()
+        snap(page, "16-panel-again")
+    finally:
+        with jupyter.client() as http:  # the panel's kernel refreshes every 2 s: stop it
+            for session in http.get("/api/sessions").json():
+                if session["path"].endswith("restart.ipynb"):
+                    http.delete(f"/api/sessions/{session['id']}")
+
+
+def run_cell(page: Any) -> None:
+    """Run the notebook's first cell once its kernel is idle."""
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
+    page.keyboard.press("Shift+Enter")

@@ -1,7 +1,8 @@
 /**
  * xnb for JupyterLab: a left-sidebar panel (models, catalog, cluster, chat),
  * a command-palette entry, a launcher item and a status-bar count of ready models;
- * and plain-text editing of `%%xnb chat` / `%%xnb complete` cell bodies.
+ * plain-text editing of `%%xnb chat` / `%%xnb complete` cell bodies; and the xnb panel's output
+ * saying what to do once its kernel is gone (see paneloutput.ts).
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
@@ -9,6 +10,7 @@ import { EditorExtensionRegistry, IEditorExtensionRegistry } from '@jupyterlab/c
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -19,6 +21,7 @@ import { ModelRecord, Requester, XnbApi } from './api';
 import { plainTextCellMagic } from './cellmagic';
 import { h } from './dom';
 import { XnbSidebar } from './panel';
+import { PANEL_RANK, WIDGET_VIEW_MIME, panelRendererFactory } from './paneloutput';
 import { SnippetKind, snippetCells } from './snippets';
 import { XnbStore } from './state';
 
@@ -122,4 +125,24 @@ const cellMagicPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [plugin, cellMagicPlugin];
+/** Each notebook's rendermime renders the xnb panel's own output type (see paneloutput.ts). */
+const panelOutputPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'xnb-labextension:panel-output',
+  description: 'Shows how to get the xnb panel back where its widget ended with an earlier kernel.',
+  autoStart: true,
+  requires: [INotebookTracker, IRenderMimeRegistry],
+  activate: (_app: JupyterFrontEnd, tracker: INotebookTracker, appRendermime: IRenderMimeRegistry) => {
+    const attach = (panel: NotebookPanel): void => {
+      const rendermime = panel.content.rendermime;
+      rendermime.addFactory(panelRendererFactory({
+        rendermime,
+        appWidgetFactory: () => appRendermime.getFactory(WIDGET_VIEW_MIME),
+        sessionContext: panel.sessionContext
+      }), PANEL_RANK);
+    };
+    tracker.forEach(attach);
+    tracker.widgetAdded.connect((_, panel) => attach(panel));
+  }
+};
+
+export default [plugin, cellMagicPlugin, panelOutputPlugin];

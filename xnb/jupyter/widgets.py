@@ -27,13 +27,18 @@ from xnb.jupyter.offline import offline_labels
 from xnb.jupyter.media_view import TryBox
 from xnb.jupyter.views import CatalogView, ChatBox, ClusterView, LaunchForm, ModelsView
 
-__all__ = ["Panel", "panel"]
+__all__ = ["PANEL_MIME", "PLACEHOLDER", "Panel", "panel"]
 
 logger = logging.getLogger(__name__)
 
 #: What a notebook shows where the live panel cannot be (widgets end with their kernel).
-PLACEHOLDER = ("xnb panel — its live view ended with the kernel that made it; run this cell again "
+PLACEHOLDER = ("xnb panel — this output belongs to an earlier kernel session; run this cell again "
                "(or %xnb panel) to show it")
+#: The panel's own output type: the xnb JupyterLab extension renders it (the widget while it is
+#: live, PLACEHOLDER once its kernel is gone); without the extension JupyterLab skips the unknown
+#: type and renders the widget-view as usual.
+PANEL_MIME = "application/vnd.xnb.panel+json"
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
 _live_panels: weakref.WeakSet[Panel] = weakref.WeakSet()
 
@@ -128,11 +133,13 @@ class Panel(w.VBox):
                 self.set_status(f"refresh failed: {type(exc).__name__}: {exc}", error=True)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """The widget, with a plain-text stand-in for wherever it cannot be shown (a saved
-        notebook after the kernel restarted, nbconvert, GitHub)."""
+        """The widget, with a stand-in for wherever it cannot be shown: ``text/plain`` for
+        nbconvert and GitHub, and :data:`PANEL_MIME` (the widget-view plus the hint) for the xnb
+        JupyterLab extension, which shows the hint instead of ipywidgets' error after a restart."""
         bundle = super()._repr_mimebundle_(**kwargs)
-        if isinstance(bundle, dict):
+        if isinstance(bundle, dict) and WIDGET_VIEW_MIME in bundle:
             bundle["text/plain"] = PLACEHOLDER
+            bundle[PANEL_MIME] = {**bundle[WIDGET_VIEW_MIME], "hint": PLACEHOLDER}
         return bundle
 
     def stop_refreshing(self) -> None:
