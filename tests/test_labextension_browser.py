@@ -259,12 +259,16 @@ def test_panel_after_a_kernel_restart_says_run_again(jupyter: JupyterServer, pag
     url = f"{jupyter.url}/lab/tree/restart.ipynb?token={jupyter.token}&reset"
     try:
         page.goto(url, timeout=120_000)
-        output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea-output")
+        output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-Cell-outputArea")
         hint = output.locator(".xnb-panel-hint")
         run_cell(page)
         page.locator(".xnb-panel").wait_for(state="visible", timeout=120_000)
         assert hint.is_hidden()  # the live panel, not the hint
         snap(page, "13-panel-live")
+        # Reopened while its kernel lives: the widget manager restores the panel from the kernel.
+        save_and_reopen(page, jupyter, url)
+        page.locator(".xnb-panel").wait_for(state="visible", timeout=120_000)
+        assert hint.is_hidden()
 
         page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel")).first.click()
@@ -277,10 +281,7 @@ def test_panel_after_a_kernel_restart_says_run_again(jupyter: JupyterServer, pag
         snap(page, "14-panel-after-restart")
 
         # Saved and reopened: the widget's model is in no kernel now (ipywidgets' "model not found").
-        page.keyboard.press("Control+s")
-        wait_until(lambda: PANEL_MIME in (jupyter.notebook_dir / "restart.ipynb").read_text(), timeout=30,
-                   what="the notebook to be saved with the panel's output")
-        page.goto(url, timeout=120_000)
+        save_and_reopen(page, jupyter, url)
         hint.wait_for(state="visible", timeout=120_000)
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
         assert hint.inner_text() == PLACEHOLDER and "Error displaying widget" not in output.inner_text()
@@ -295,6 +296,16 @@ def test_panel_after_a_kernel_restart_says_run_again(jupyter: JupyterServer, pag
             for session in http.get("/api/sessions").json():
                 if session["path"].endswith("restart.ipynb"):
                     http.delete(f"/api/sessions/{session['id']}")
+
+
+def save_and_reopen(page: Any, jupyter: JupyterServer, url: str) -> None:
+    """Save the notebook (with the panel's output) and load the page again."""
+    path = jupyter.notebook_dir / "restart.ipynb"
+    before = path.stat().st_mtime_ns
+    page.keyboard.press("Control+s")
+    wait_until(lambda: path.stat().st_mtime_ns != before and PANEL_MIME in path.read_text(), timeout=30,
+               what="the notebook to be saved with the panel's output")
+    page.goto(url, timeout=120_000)
 
 
 def run_cell(page: Any) -> None:
