@@ -279,6 +279,7 @@ def test_panel_after_a_kernel_restart_says_run_again(jupyter: JupyterServer, pag
         assert "Error displaying widget" not in output.inner_text()
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
         snap(page, "14-panel-after-restart")
+        page.locator(".jp-Notebook .jp-Cell").first.screenshot(path=str(ARTIFACTS / "14-panel-after-restart-cell.png"))
 
         # Saved and reopened: the widget's model is in no kernel now (ipywidgets' "model not found").
         save_and_reopen(page, jupyter, url)

@@ -10,43 +10,14 @@
  * that notebook's widget-view renderer and shows the hint instead while that renderer holds no
  * live view. JupyterLab without this extension skips the unknown type and renders the widget.
  */
-import { ISessionContext } from '@jupyterlab/apputils';
-import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
-import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
+import type { ISessionContext } from '@jupyterlab/apputils';
+import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import type { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Panel, Widget } from '@lumino/widgets';
 
-export const PANEL_MIME = 'application/vnd.xnb.panel+json';
-export const WIDGET_VIEW_MIME = 'application/vnd.jupyter.widget-view+json';
-/** Ahead of jupyterlab_widgets' widget-view factory (rank -10); lower ranks win. */
-export const PANEL_RANK = -20;
-/** Shown when the bundle has no hint of its own (the kernel side sends `hint`). */
-export const DEFAULT_HINT =
-  'xnb panel — this output belongs to an earlier kernel session; run this cell again (or %xnb panel) to show it';
+import { DEFAULT_HINT, PANEL_MIME, PanelOutputState, WIDGET_VIEW_MIME, panelOutputState } from './panelstate';
 
-/** What the output shows: the widget (live), the hint (stale), or the widget renderer's own
- * loading state while that is still undecided (pending). */
-export type PanelOutputState = 'live' | 'stale' | 'pending';
-
-export interface PanelOutputFacts {
-  /** The widget-view renderer holds a view (a child Lumino widget). */
-  hasView: boolean;
-  /** The widget-view renderer gave up (ipywidgets marks its errors with the class `jupyter-widgets`). */
-  failed: boolean;
-  /** The notebook's kernel restarted, died or was replaced since this output was rendered. */
-  kernelGone: boolean;
-  /** The notebook is ready and has no kernel. */
-  noKernel: boolean;
-}
-
-export function panelOutputState(facts: PanelOutputFacts): PanelOutputState {
-  if (facts.kernelGone || facts.noKernel) {
-    return 'stale'; // a view still shown belongs to the old kernel: its widgets no longer answer
-  }
-  if (facts.hasView) {
-    return 'live';
-  }
-  return facts.failed ? 'stale' : 'pending';
-}
+export { PANEL_MIME, PANEL_RANK, WIDGET_VIEW_MIME } from './panelstate';
 
 /** Kernel statuses after which a rendered widget no longer has its kernel-side model. */
 const KERNEL_GONE = new Set(['restarting', 'autorestarting', 'dead']);
@@ -123,10 +94,14 @@ export class XnbPanelRenderer extends Panel implements IRenderMime.IRenderer {
    * jupyterlab_widgets swaps it in when the kernel is ready, and only renderers it made then,
    * or found as direct output children, get the manager (this one's inner is not direct). */
   private async widgetFactory(): Promise<IRenderMime.IRendererFactory | undefined> {
+    const session = this.context.sessionContext;
     for (;;) {
       const factory = this.context.rendermime.getFactory(WIDGET_VIEW_MIME);
       if (!factory || factory !== this.context.appWidgetFactory() || this.isDisposed) {
         return factory;
+      }
+      if (session.isReady && !session.session?.kernel) {
+        return undefined; // no kernel, so no widget manager will come (the hint shows)
       }
       await new Promise((resolve) => setTimeout(resolve, MANAGER_POLL_MS));
     }
