@@ -147,6 +147,9 @@ def main() -> None:
         import xnb
 
         client = xnb.connect(address, start=False)
+        deadline = time.monotonic() + 180  # the vLLM worker imports for a while before it joins
+        while "vllm" not in json.dumps(client.cluster_info()) and time.monotonic() < deadline:
+            time.sleep(0.5)
         log("launching SmolLM2 (pytorch, converted from the packaged GGUF) on xnb's vLLM engine")
         t0 = time.monotonic()
         vmodel = client.launch(SMOL, uid="smol-vllm", engine="vllm", format="pytorch", workers=["vllm"],
