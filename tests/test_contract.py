@@ -107,7 +107,7 @@ def test_echo_error_shapes(echo, http: httpx.Client):
 # -- idle unload ---------------------------------------------------------------------------------------
 
 
-def test_idle_unloaded_model_lists_as_unloaded_and_answers(client, admin):
+def test_idle_unloaded_model_lists_as_unloaded_and_answers(client, admin, echo):
     model = client.launch(ECHO, uid="sleepy-echo", keep_alive=0.3, timeout=60)
     try:
         wait_until(lambda: client.get("sleepy-echo").record["status"] == ModelStatus.UNLOADED, 30,
