@@ -66,6 +66,21 @@ def test_place_spreads_replicas_across_workers():
     assert all(p.gpus == () for p in placements)
 
 
+def test_place_spreads_a_models_replicas_whatever_else_runs_there():
+    # Worker a already hosts another model; b is empty but has less free memory. The two
+    # replicas of the new model still go one to each (it failed after a scheduler restart,
+    # when the other model was restored first: both replicas went to a).
+    other = (PlacedReplica("solo", 1 * GB),)
+    workers = [_w("tcp://a:1", mem=16 * GB, placed=other), _w("tcp://b:1", mem=4 * GB)]
+    placements = place(workers, Needs(memory=1 * GB), 2, uid="pair")
+    assert _count(placements) == {"tcp://a:1": 1, "tcp://b:1": 1}
+    # Scaling up counts the model's replicas already running: the third goes where it has fewest.
+    mine = (PlacedReplica("pair", 1 * GB),)
+    workers = [_w("tcp://a:1", mem=16 * GB, placed=other + mine), _w("tcp://b:1", mem=16 * GB, placed=mine),
+               _w("tcp://c:1", mem=16 * GB, placed=other + other)]
+    assert _count(place(workers, Needs(memory=1 * GB), 1, uid="pair")) == {"tcp://c:1": 1}
+
+
 def test_place_only_on_workers_that_announced_the_engine():
     from dataclasses import replace
 
@@ -82,9 +97,10 @@ def test_place_prefers_the_worker_hosting_fewer_replicas():
     busy = _w("tcp://a:1", mem=8 * GB, placed=(PlacedReplica("m1", 1 * GB), PlacedReplica("m2", 1 * GB)))
     idle = _w("tcp://b:1", mem=8 * GB)
     assert [p.worker for p in place([busy, idle], Needs(memory=1 * GB), 1)] == ["tcp://b:1"]
-    # Two new replicas: both go to the idle worker first, then it has as many as the busy one.
-    assert _count(place([busy, idle], Needs(memory=1 * GB), 2)) == {"tcp://b:1": 2}
-    assert _count(place([busy, idle], Needs(memory=1 * GB), 4)) == {"tcp://a:1": 1, "tcp://b:1": 3}
+    # Several replicas of one model spread first (one worker lost must not take them all);
+    # the idle worker takes the odd one.
+    assert _count(place([busy, idle], Needs(memory=1 * GB), 2)) == {"tcp://a:1": 1, "tcp://b:1": 1}
+    assert _count(place([busy, idle], Needs(memory=1 * GB), 3)) == {"tcp://a:1": 1, "tcp://b:1": 2}
 
 
 def test_place_ties_break_on_free_memory_then_address():

@@ -24,6 +24,7 @@ import numpy as np
 from distributed.core import ConnectionPool
 
 from xnb.openai import shapes
+from xnb.runtime.puller import Pullers
 from xnb.runtime.rpc import ActorRef
 from xnb.engines.base import GenerateRequest
 from xnb.errors import (
@@ -49,7 +50,6 @@ from xnb.protocol import (
     LaunchOptions,
     ModelInfo,
     ModelStatus,
-    PullResult,
     ReplicaStatus,
     unwrap,
     validate,
@@ -86,6 +86,7 @@ class ModelManager(MediaOperations):
         self._routes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._outstanding: dict[str, int] = defaultdict(int)
         self._pool: ConnectionPool | None = None
+        self._pullers = Pullers()
 
     async def _rpc(self) -> ConnectionPool:
         """Connections to workers for actor calls, with a short connect timeout:
@@ -99,6 +100,7 @@ class ModelManager(MediaOperations):
     async def close(self) -> None:
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        self._pullers.cancel_all()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -325,41 +327,41 @@ class ModelManager(MediaOperations):
             await events.aclose()  # at once: an abandoned generation is aborted on the model
 
     async def _pulled(self, uid: str, ability: str | None, start: str, *args: Any) -> AsyncIterator[StreamEvent]:
-        """Start a stream on a replica with actor method ``start`` and pull it to the end
-        (the one pull loop of chat, completions, transcription and speech)."""
-        sid = None
-        key, actor = "", None
+        """Start a stream on a replica with actor method ``start`` and pull it to the end (chat,
+        completions, transcription, speech); a :class:`~xnb.runtime.puller.ReplicaPuller`
+        pulls all our streams on that replica in one call per step."""
         for attempt in range(2):
             key, actor, _ = await self._pick(uid, ability)
+            puller = self._pullers.get(actor, self.stream_poll_s)
+            sid, queue = puller.open()
             self._outstanding[key] += 1  # count it now, so concurrent picks spread
             try:
-                sid = await actor.call(start, *args)
+                await actor.call(start, *args, sid=sid, puller=puller.id)
                 break
-            except (ReplicaLost, ModelNotFound):
+            except BaseException as exc:
                 self._outstanding[key] -= 1
-                self._routes.pop(uid, None)
-                if attempt == 1:
+                puller.close(sid)
+                if attempt == 1 or not isinstance(exc, (ReplicaLost, ModelNotFound)):
                     raise
-            except BaseException:
-                self._outstanding[key] -= 1
-                raise
-        assert actor is not None and sid is not None
+                self._routes.pop(uid, None)  # its worker or replica is gone: try another once
+        puller.started()
         done = False
         try:
             while not done:
-                pulled = PullResult(*await actor.call("pull", sid, self.stream_poll_s))
-                done = pulled.done
-                if pulled.deltas:
-                    yield ("deltas", pulled.deltas)
-                if pulled.error is not None:
-                    raise error_from_dict(pulled.error)
-            yield ("usage", pulled.usage)
+                item = await puller.next(queue)
+                done = item.done
+                if item.deltas:
+                    yield ("deltas", item.deltas)
+                if item.error is not None:
+                    raise error_from_dict(item.error)
+            yield ("usage", item.usage)
         except ReplicaLost:
             self._routes.pop(uid, None)
             done = True  # nothing left to abort
             raise
         finally:
             self._outstanding[key] -= 1
+            puller.close(sid)
             if not done:
                 # The consumer went away (client disconnect): free the engine slot.
                 try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -56,10 +55,10 @@ class MediaCalls:
             self._encoders = audio_encoders()
         return self._encoders
 
-    async def start_media(self, method: str, request: dict[str, Any], audio: bytes | None = None) -> str:
-        """Begin ``"transcribe"`` (with the uploaded ``audio``) or ``"speak"``; returns a stream id."""
-        from xnb.runtime.actor import _Stream
-
+    async def start_media(self, method: str, request: dict[str, Any], audio: bytes | None = None, *,
+                          sid: str | None = None, puller: str | None = None) -> str:
+        """Begin ``"transcribe"`` (with the uploaded ``audio``) or ``"speak"``; returns a
+        stream id (``sid``, ``puller``: as for ``ModelActor.start``)."""
         engine = await self._engine_for_request()  # type: ignore[attr-defined]
         make: Callable[[], Iterator[Any]]
         if method == "transcribe":
@@ -75,12 +74,9 @@ class MediaCalls:
             )
         else:
             raise InvalidRequest(f"unknown media call {method!r}; use transcribe or speak")
-        stream = _Stream(asyncio.get_running_loop(), 1, method)
+        stream = self._new_stream(1, method, sid, puller)  # type: ignore[attr-defined]
         self._pool_for(engine).submit(_drain, engine.name, make, stream.sink)
-        sid = uuid.uuid4().hex
-        self._streams[sid] = stream  # type: ignore[attr-defined]
-        self.counters["requests"] += 1  # type: ignore[attr-defined]
-        return sid
+        return self._register(stream, sid)  # type: ignore[attr-defined, no-any-return]
 
     async def media(self, method: str, request: dict[str, Any], audio: bytes | None = None) -> GenerateResult:
         """:meth:`start_media` and every pull in one call: ``(items, usage, error)``."""

@@ -27,6 +27,10 @@ __all__ = [
 MB = 1024 * 1024
 
 
+#: The uid :func:`place` gives the replicas it has just placed (of the model being placed).
+NEW = "(new)"
+
+
 @dataclass(frozen=True)
 class PlacedReplica:
     uid: str
@@ -113,11 +117,15 @@ def place(
     *,
     pin_workers: list[str] | None = None,
     pin_gpus: list[int] | None = None,
+    uid: str = "",
 ) -> list[Placement]:
-    """Choose a worker (and GPU indices) for each of ``replicas`` new replicas.
+    """Choose a worker (and GPU indices) for each of ``replicas`` new replicas of model ``uid``.
 
     Replicas spread: each goes to the eligible worker hosting the fewest
-    replicas so far (ties: most free memory, then address).  Raises
+    replicas of this model so far, then the fewest replicas of any model (ties:
+    most free memory, then address) — so a model's replicas land on different
+    workers whatever else runs there, and a lost worker takes as few of them
+    as it can.  Raises
     :class:`PlacementFailed` with a reason per worker when they do not fit.
     """
     if replicas < 1:
@@ -157,7 +165,8 @@ def place(
             )
         best = min(
             eligible,
-            key=lambda w: (len(w.placed), -(w.memory_free or 0), w.address),
+            key=lambda w: (sum(1 for r in w.placed if r.uid in (uid, NEW)), len(w.placed),
+                           -(w.memory_free or 0), w.address),
         )
         if pins:
             gpus = pins
@@ -169,7 +178,7 @@ def place(
             nthreads=best.nthreads,
             memory_limit=best.memory_limit,
             gpus=best.gpus,
-            placed=best.placed + (PlacedReplica("(new)", needs.memory, tuple(gpus)),),
+            placed=best.placed + (PlacedReplica(NEW, needs.memory, tuple(gpus)),),
             name=best.name,
             engines=best.engines,
         )

@@ -172,7 +172,8 @@ async def _relaunch(supervisor: Any, pending: list[tuple[Any, Any, set[str]]]) -
             launch = record.launch
             try:
                 placements = place(supervisor._workers(), needs, len(record.replicas),
-                                   pin_workers=launch.get("workers"), pin_gpus=launch.get("gpu_idx"))
+                                   pin_workers=launch.get("workers"), pin_gpus=launch.get("gpu_idx"),
+                                   uid=record.uid)
             except XnbError as exc:
                 if record.uid not in waiting_said:
                     supervisor._emit(record, "restart-wait", f"waiting for a worker ({exc.message})")

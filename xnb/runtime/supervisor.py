@@ -14,9 +14,8 @@ held by the scheduler process, not by whoever asked), places them with
 (``remove_worker``): replicas there become ``lost`` and, if the model asks
 for it, are relaunched elsewhere with backoff.
 
-Handlers answer :func:`xnb.protocol.ok` or :func:`xnb.protocol.failed`;
-:class:`xnb.manager.ModelManager` unwraps them (:func:`xnb.protocol.unwrap`),
-raising the same exception class.  Launch options are
+Handlers answer :func:`xnb.protocol.ok` or :func:`xnb.protocol.failed`; :class:`xnb.manager.ModelManager`
+unwraps them (:func:`xnb.protocol.unwrap`), raising the same exception class.  Launch options are
 :class:`xnb.protocol.LaunchOptions`; statuses are :mod:`xnb.protocol` enums.
 """
 
@@ -249,7 +248,8 @@ class Supervisor(SchedulerPlugin):
     def launch(self, opts: LaunchOptions) -> ModelInfo:
         """Place the replicas and start loading them; answers at once (status ``launching``)."""
         record, needs = self._new_record(opts)
-        placements = place(self._workers(), needs, opts.replicas, pin_workers=opts.workers, pin_gpus=opts.gpu_idx)
+        placements = place(self._workers(), needs, opts.replicas, pin_workers=opts.workers,
+                           pin_gpus=opts.gpu_idx, uid=record.uid)
         record.replicas = [
             ReplicaRecord(index=i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
             for i, p in enumerate(placements)
@@ -367,7 +367,7 @@ class Supervisor(SchedulerPlugin):
                 return
             needs = Needs(memory=lost.memory, gpus=len(lost.gpus), engine=record.spec.engine)
             try:
-                (placement,) = place(self._workers(exclude=exclude), needs, 1)
+                (placement,) = place(self._workers(exclude=exclude), needs, 1, uid=record.uid)
             except XnbError as exc:
                 if not waiting_said:
                     self._emit(record, "restart-wait", f"replica {lost.index}: waiting for a worker "
@@ -453,7 +453,7 @@ class Supervisor(SchedulerPlugin):
         if replicas > len(live):
             needs = Needs(memory=estimate_memory(record.spec.file_size_mb), gpus=record.options.get("gpus", 0),
                           engine=record.spec.engine)
-            placements = place(self._workers(), needs, replicas - len(live),
+            placements = place(self._workers(), needs, replicas - len(live), uid=uid,
                                pin_workers=record.options.get("workers"), pin_gpus=record.launch.get("gpu_idx"))
             start = max((r.index for r in record.replicas), default=-1) + 1
             fresh = [ReplicaRecord(index=start + i, worker=p.worker, gpus=p.gpus, memory=needs.memory)
