@@ -1,20 +1,23 @@
 #!/usr/bin/env python
 """xnb's vLLM engine against vLLM's own OpenAI server, in one run, same model, same prompts.
 
-Backends, all up at once and measured in turn (rotating order per concurrency level,
-so background load on a shared machine hits each alike):
+Each backend runs **alone** while it is measured (its processes started, measured,
+stopped; nothing else of the benchmark's running), in rounds whose order alternates,
+so neither gets the other's idle processes or a quieter stretch of a shared machine:
 
 1. ``vllm-server``: ``python -m vllm.entrypoints.openai.api_server`` from .venv-vllm;
 2. ``xnb-vllm``: ``xnb scheduler`` + ``xnb worker`` from .venv-vllm + ``xnb serve``
    (sidecar → Dask actor → the vLLM engine);
-3. ``xnb-llama.cpp``: the same cluster's second worker (main env) serving the
-   packaged GGUF on llama.cpp — for scale, not a like-for-like comparison.
+3. ``xnb-llama.cpp``: the same xnb processes with a main-env worker serving the packaged
+   GGUF on llama.cpp with the **default launch options** (what ``xnb launch`` gives),
+   measured once — the table of issue 14 (which engine to choose at which load).
 
 Both vLLM paths load the same converted safetensors folder with the same options
 (eager, bf16, KV cache 1 GiB, max_model_len 2048).  Requests are xnb's bundled
 prompt set (``xnb.bench``), greedy, streamed, ``ignore_eos`` so every request
 makes exactly ``--max-tokens`` tokens.  Prints a markdown table and the targets
-(≥0.97× vLLM's tokens/s at each concurrency; xnb's TTFT p50 at most 5 ms above).
+(≥0.97× vLLM's tokens/s at each concurrency, xnb's TTFT p50 at most 5 ms above;
+llama.cpp at concurrency 8 at least vLLM's tokens/s with a TTFT p50 no higher).
 
     .venv/bin/python benchmarks/vllm_compare.py           # needs .venv-vllm (scripts/bootstrap-vllm.sh)
 """
@@ -26,6 +29,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,7 @@ VENV = ROOT / ".venv-vllm"
 SMOL = "smollm2-135m-instruct"
 MAX_LEN = 2048
 KV_GIB = 1
+LEVELS = (1, 8)
 
 
 def log(msg: str) -> None:
@@ -78,12 +83,30 @@ def wait_http(url: str, deadline_s: float, proc: subprocess.Popen[Any], logfile:
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+    """Stop a process and its children (its own session: vLLM's engine core goes too)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         try:
-            proc.wait(timeout=30)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            continue
+        # The leader is gone; give its children the same time to follow.
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def rss_mb(pid: int) -> float:
@@ -106,13 +129,83 @@ def run_level(url: str, model: str, prompts: list[Any], concurrency: int, max_to
     return asyncio.run(bench.run_benchmark(config, prompts, concurrency=concurrency))["summary"]
 
 
+class Backends:
+    """Starts one backend at a time (and stops it) for :func:`main`."""
+
+    def __init__(self, work: Path, env: dict[str, str], folder: Path) -> None:
+        self.work, self.env, self.folder = work, env, folder
+        self.main_py, self.vllm_py = sys.executable, str(VENV / "bin" / "python")
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.info: dict[str, Any] = {}
+
+    def _start(self, cmd: list[str], name: str) -> subprocess.Popen[Any]:
+        proc = start(cmd, self.work / f"{name}-{len(self.procs)}.log", self.env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+        self.procs.clear()
+
+    def vllm_server(self) -> tuple[str, str]:
+        port = free_port()
+        proc = self._start([self.vllm_py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.folder),
+                            "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port),
+                            "--enforce-eager", "--max-model-len", str(MAX_LEN), "--max-num-seqs", "64",
+                            "--disable-log-stats"], "vllm-server")
+        took = wait_http(f"http://127.0.0.1:{port}/health", 900, proc, self.work / f"vllm-server-{len(self.procs) - 1}.log")
+        self.info.setdefault("vllm_server_start_s", []).append(round(took, 1))
+        self.info["rss_mb vllm-server"] = round(rss_mb(proc.pid))
+        return f"http://127.0.0.1:{port}", "smol"
+
+    def xnb(self, engine: str) -> tuple[str, str]:
+        """xnb's scheduler, one worker (from .venv-vllm for vLLM) and the sidecar; launches the model."""
+        sport = free_port()
+        address = f"tcp://127.0.0.1:{sport}"
+        # A fresh state directory each time: the scheduler must not restore the last phase's model.
+        state = self.work / f"state-{len(self.procs)}"
+        self._start([self.main_py, "-m", "xnb.cli", "scheduler", "--port", str(sport), "--state-dir", str(state)],
+                    "scheduler")
+        python = self.vllm_py if engine == "vllm" else self.main_py
+        worker = self._start([python, "-m", "xnb.cli", "worker", address, "--name", engine, "--no-nanny"],
+                             f"worker-{engine}")
+        api_port = free_port()
+        sidecar = self._start([self.main_py, "-m", "xnb.cli", "serve", "--scheduler", address, "--port",
+                               str(api_port), "--max-queue", "64"], "sidecar")
+        url = f"http://127.0.0.1:{api_port}"
+        wait_http(url + "/health", 120, sidecar, self.work / f"sidecar-{len(self.procs) - 1}.log")
+        import xnb
+
+        client = xnb.connect(address, start=False)
+        try:
+            deadline = time.monotonic() + 180  # the vLLM worker imports for a while before it joins
+            while engine not in json.dumps(client.cluster_info()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            t0 = time.monotonic()
+            if engine == "vllm":
+                model = client.launch(SMOL, uid="smol-vllm", engine="vllm", format="pytorch", timeout=900,
+                                      engine_options={"kv_cache_space": KV_GIB, "max_model_len": MAX_LEN})
+                (info,) = model.info()
+                self.info.setdefault("xnb_vllm_launch_s", []).append(round(time.monotonic() - t0, 1))
+                self.info.setdefault("xnb_vllm_engine_start_s", []).append(info["load"].get("vllm_start_seconds"))
+                self.info["rss_mb xnb-vllm worker"] = round(rss_mb(worker.pid))
+            else:  # the defaults a user gets
+                model = client.launch(SMOL, uid="smol-llama", engine="llama-cpp", timeout=300)
+                (info,) = model.info()
+                self.info["llama_engine"] = {k: info["engine"].get(k) for k in ("max_num_seqs", "n_ctx", "n_threads")}
+            return url, model.uid
+        finally:
+            client.close()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompts-c1", type=int, default=6, help="requests at concurrency 1")
-    parser.add_argument("--prompts-c8", type=int, default=16, help="requests at concurrency 8")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--prompts-c1", type=int, default=8, help="requests at concurrency 1")
+    parser.add_argument("--prompts-c8", type=int, default=24, help="requests at concurrency 8")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the two vLLM backends (order alternates)")
     parser.add_argument("--no-llama", action="store_true", help="skip xnb's llama.cpp engine")
-    parser.add_argument("--llama-threads", type=int, default=1, help="llama.cpp compute threads")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--home", type=Path, help="XNB_HOME (reuses its converted model); default: a new temp dir")
     args = parser.parse_args()
@@ -123,117 +216,85 @@ def main() -> None:
     home = args.home or work / "home"
     env = {**os.environ, "XNB_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": str(KV_GIB)}
-    main_py, vllm_py = sys.executable, str(VENV / "bin" / "python")
-    procs: list[subprocess.Popen[Any]] = []
+    os.environ["XNB_HOME"] = str(home)
+    from xnb.catalog.convert import packaged_smollm2_safetensors
+
+    folder = packaged_smollm2_safetensors()  # the folder both vLLM paths load (xnb's launch finds it cached)
+    prompts = bench.load_prompts()
+    chosen = {1: bench.sample_prompts(prompts, args.prompts_c1, seed=1),
+              8: bench.sample_prompts(prompts, args.prompts_c8, seed=8)}
+    counts = {1: args.prompts_c1, 8: args.prompts_c8}
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                               "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+                               "loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "rows": []}
+    backends = Backends(work, env, folder)
+    plan = []
+    for r in range(args.rounds):
+        pair = ["xnb-vllm", "vllm-server"]
+        plan += [(r, name) for name in (pair if r % 2 == 0 else pair[::-1])]
+    if not args.no_llama:
+        plan.insert(1, (0, "xnb-llama.cpp"))  # between the first two, once
     try:
-        sport = free_port()
-        address = f"tcp://127.0.0.1:{sport}"
-        procs.append(start([main_py, "-m", "xnb.cli", "scheduler", "--port", str(sport)],
-                           work / "scheduler.log", env))
-        time.sleep(2)
-        procs.append(start([vllm_py, "-m", "xnb.cli", "worker", address, "--name", "vllm",
-                            "--no-nanny"], work / "worker-vllm.log", env))
-        if not args.no_llama:
-            procs.append(start([main_py, "-m", "xnb.cli", "worker", address, "--name", "llama",
-                                "--no-nanny"], work / "worker-llama.log", env))
-        api_port = free_port()
-        procs.append(start([main_py, "-m", "xnb.cli", "serve", "--scheduler", address, "--port",
-                            str(api_port), "--max-queue", "64"], work / "sidecar.log", env))
-        xnb_url = f"http://127.0.0.1:{api_port}"
-        wait_http(xnb_url + "/health", 120, procs[-1], work / "sidecar.log")
-
-        import xnb
-
-        client = xnb.connect(address, start=False)
-        deadline = time.monotonic() + 180  # the vLLM worker imports for a while before it joins
-        while "vllm" not in json.dumps(client.cluster_info()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        log("launching SmolLM2 (pytorch, converted from the packaged GGUF) on xnb's vLLM engine")
-        t0 = time.monotonic()
-        vmodel = client.launch(SMOL, uid="smol-vllm", engine="vllm", format="pytorch", workers=["vllm"],
-                               engine_options={"kv_cache_space": KV_GIB, "max_model_len": MAX_LEN},
-                               timeout=900)
-        (info,) = vmodel.info()
-        folder = info["load"]["path"]
-        results["xnb_vllm_launch_s"] = round(time.monotonic() - t0, 1)
-        results["xnb_vllm_engine_start_s"] = info["load"].get("vllm_start_seconds")
-        log(f"xnb-vllm ready in {results['xnb_vllm_launch_s']} s (vLLM start "
-            f"{results['xnb_vllm_engine_start_s']} s); folder {folder}")
-        if not args.no_llama:
-            # one compute thread: OpenMP teams that spin stall on a shared, oversubscribed machine
-            client.launch(SMOL, uid="smol-llama", engine="llama-cpp", workers=["llama"], timeout=300,
-                          engine_options={"n_threads": args.llama_threads})
-            log("xnb-llama.cpp ready")
-
-        vport = free_port()
-        vlog = work / "vllm-server.log"
-        vproc = start([vllm_py, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
-                       "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(vport),
-                       "--enforce-eager", "--max-model-len", str(MAX_LEN), "--max-num-seqs", "64",
-                       "--disable-log-stats"], vlog, env)
-        procs.append(vproc)
-        results["vllm_server_start_s"] = round(wait_http(f"http://127.0.0.1:{vport}/health", 900, vproc, vlog), 1)
-        log(f"vLLM's own server ready in {results['vllm_server_start_s']} s")
-
-        backends = {"vllm-server": (f"http://127.0.0.1:{vport}", "smol"),
-                    "xnb-vllm": (xnb_url, "smol-vllm")}
-        if not args.no_llama:
-            backends["xnb-llama.cpp"] = (xnb_url, "smol-llama")
-        prompts = bench.load_prompts()
-        rows: list[dict[str, Any]] = []
-        for i, (conc, count) in enumerate(((1, args.prompts_c1), (8, args.prompts_c8))):
-            chosen = bench.sample_prompts(prompts, count, seed=conc)
-            names = list(backends)
-            order = names[i % len(names):] + names[:i % len(names)]
-            for name in order:
-                url, model = backends[name]
-                s = run_level(url, model, chosen, conc, args.max_tokens)
-                rows.append({"backend": name, "concurrency": conc, "requests": s["completed"],
-                             "errors": s["errors"], "tok_s": s["output_throughput"],
-                             "ttft_p50_ms": s["ttft_ms"]["median"], "ttft_p99_ms": s["ttft_ms"]["p99"],
-                             "tpot_p50_ms": s["tpot_ms"]["median"]})
+        for rnd, name in plan:
+            log(f"round {rnd}: starting {name}")
+            url, model = (backends.vllm_server() if name == "vllm-server"
+                          else backends.xnb("vllm" if name == "xnb-vllm" else "llama-cpp"))
+            for conc in LEVELS:
+                s = run_level(url, model, chosen[conc], conc, args.max_tokens)
+                results["rows"].append({
+                    "round": rnd, "backend": name, "concurrency": conc, "requests": s["completed"],
+                    "errors": s["errors"], "tok_s": s["output_throughput"], "ttft_p50_ms": s["ttft_ms"]["median"],
+                    "ttft_p99_ms": s["ttft_ms"]["p99"], "tpot_p50_ms": s["tpot_ms"]["median"]})
                 log(f"c={conc} {name}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
-                    f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']}")
-                if args.out:  # keep what was measured if a later step fails
-                    args.out.write_text(json.dumps({**results, "rows": rows}, indent=1))
-        results["rss_mb"] = {"vllm-server": round(rss_mb(vproc.pid)),
-                             "xnb-vllm worker": round(rss_mb(procs[1].pid))}
-        results["rows"] = rows
-        results["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        client.terminate("smol-vllm")
-        client.close()
+                    f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']} of {counts[conc]}")
+            backends.stop_all()
+            if args.out:  # keep what was measured if a later step fails
+                args.out.write_text(json.dumps({**results, **backends.info}, indent=1))
     finally:
-        for p in reversed(procs):
-            stop(p)
+        backends.stop_all()
+    results.update(backends.info)
+    results["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     print(report(results, args))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 
 
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.mean(r[key] for r in rows)
+
+
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = ["| backend | concurrency | requests | tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| round | backend | concurrency | requests | tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        lines.append(f"| {r['backend']} | {r['concurrency']} | {r['requests']} ({r['errors']} errors) | "
-                     f"{r['tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | "
-                     f"{r['tpot_p50_ms']:.1f} |")
-    by = {(r["backend"], r["concurrency"]): r for r in results["rows"]}
+        lines.append(f"| {r['round']} | {r['backend']} | {r['concurrency']} | {r['requests']} ({r['errors']} errors) | "
+                     f"{r['tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.1f} |")
+    rows = results["rows"]
+
+    def of(backend: str, conc: int) -> list[dict[str, Any]]:
+        return [r for r in rows if r["backend"] == backend and r["concurrency"] == conc]
+
     lines.append("")
-    for conc in (1, 8):
-        x, v = by[("xnb-vllm", conc)], by[("vllm-server", conc)]
-        ratio = x["tok_s"] / v["tok_s"]
-        added = x["ttft_p50_ms"] - v["ttft_p50_ms"]
-        lines.append(f"- concurrency {conc}: xnb-vllm / vllm-server tokens/s = {ratio:.3f} "
-                     f"(target ≥ 0.97: {'met' if ratio >= 0.97 else 'missed'}); TTFT p50 added "
-                     f"{added:+.0f} ms (target ≤ 5 ms: {'met' if added <= 5 else 'missed'})")
-    lines.append(f"- starts: xnb launch → ready {results['xnb_vllm_launch_s']} s (vLLM engine "
-                 f"{results['xnb_vllm_engine_start_s']} s, the rest conversion + Dask); vLLM's "
-                 f"server → /health {results['vllm_server_start_s']} s")
-    lines.append(f"- resident memory: {results['rss_mb']}")
+    for conc in LEVELS:
+        x, v = of("xnb-vllm", conc), of("vllm-server", conc)
+        ratio = _mean(x, "tok_s") / _mean(v, "tok_s")
+        per_round = ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in zip(x, v))
+        added = _mean(x, "ttft_p50_ms") - _mean(v, "ttft_p50_ms")
+        lines.append(f"- concurrency {conc}: xnb-vllm / vllm-server tokens/s = {ratio:.3f} over {len(x)} round(s) "
+                     f"(per round {per_round}; target ≥ 0.97: {'met' if ratio >= 0.97 else 'missed'}); TTFT p50 "
+                     f"added {added:+.0f} ms (target ≤ 5 ms: {'met' if added <= 5 else 'missed'})")
+    if of("xnb-llama.cpp", 8):
+        (lc8,), v8 = of("xnb-llama.cpp", 8), of("vllm-server", 8)
+        (lc1,), v1 = of("xnb-llama.cpp", 1), of("vllm-server", 1)
+        lines.append(f"- xnb llama.cpp, default launch ({results.get('llama_engine')}): concurrency 8 "
+                     f"{lc8['tok_s']:.1f} tok/s vs vLLM's server {_mean(v8, 'tok_s'):.1f} "
+                     f"({lc8['tok_s'] / _mean(v8, 'tok_s'):.2f}×), TTFT p50 {lc8['ttft_p50_ms']:.0f} vs "
+                     f"{_mean(v8, 'ttft_p50_ms'):.0f} ms; concurrency 1 {lc1['tok_s']:.1f} vs {_mean(v1, 'tok_s'):.1f} tok/s")
+    lines.append(f"- starts: xnb launch → ready {results.get('xnb_vllm_launch_s')} s (vLLM engine "
+                 f"{results.get('xnb_vllm_engine_start_s')} s); vLLM's server → /health {results.get('vllm_server_start_s')} s")
+    lines.append(f"- resident memory (MB): xnb-vllm worker {results.get('rss_mb xnb-vllm worker')}, "
+                 f"vLLM's server {results.get('rss_mb vllm-server')}")
     lines.append(f"- load average start {results['loadavg_start']}, end {results['loadavg_end']}; "
-                 f"{args.max_tokens} tokens per request (ignore_eos), greedy, streamed")
+                 f"{args.max_tokens} tokens per request (ignore_eos), greedy, streamed; each backend alone")
     return "\n".join(lines)
 
 

@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 def configure_dask() -> None:
     """Dask settings xnb needs: non-daemonic workers (engines may fork), no memory-based
-    pausing or restarts (a loaded model holds its memory on purpose)."""
+    pausing or restarts (a loaded model holds its memory on purpose), and none of
+    Dask's background work that xnb does not use (profiling, work stealing)."""
     dask.config.set(
         {
             "distributed.worker.daemon": False,
@@ -56,6 +57,13 @@ def configure_dask() -> None:
             # The nanny's default MALLOC_TRIM_THRESHOLD_=65536 makes torch's large
             # allocations go through mmap on every batch (embeddings ~25% slower).
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            # Dask's own periodic work competes with the engines for the cores: its
+            # statistical profiler samples every process's event loop 100 times a second,
+            # the loop-health tick runs 50 times a second, and work stealing balances
+            # tasks xnb does not have (actors are placed by the Supervisor).
+            "distributed.worker.profile.enabled": False,
+            "distributed.admin.tick.interval": "1s",
+            "distributed.scheduler.work-stealing": False,
         }
     )
 
