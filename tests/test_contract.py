@@ -90,6 +90,34 @@ def test_echo_chat_stream_and_usage(echo, oai: openai.OpenAI):
     assert sorted(c.text.strip() for c in two.choices) == ["b c a", "c a b"]
 
 
+def test_concurrent_streams_on_a_replica_share_one_pull_per_step(client, oai: openai.OpenAI):
+    """The sidecar pulls all its streams on a replica in one call (ReplicaPuller): four
+    concurrent streams each get their own text, in far fewer pulls than one per stream."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xnb.engines.echo import ECHO_FAMILY
+
+    model = client.launch(ECHO_FAMILY["name"], uid="echo-slow", engine_options={"delay_ms": 40}, timeout=60)
+    try:
+        texts = [" ".join(f"{w}{i}" for w in "one two three four five six seven eight nine ten".split())
+                 for i in range(4)]
+
+        def chat(text: str) -> str:
+            chunks = oai.chat.completions.create(model="echo-slow", messages=[{"role": "user", "content": text}],
+                                                 stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(chat, texts)) == texts
+        (info,) = model.info()
+        assert info["counters"]["requests"] == 4
+        # Ten 40 ms tokens per stream: about one pull per token for all four streams
+        # together, where one pull loop per stream would take four times as many.
+        assert info["counters"]["pulls"] <= 25, info["counters"]
+    finally:
+        client.terminate("echo-slow")
+
+
 def test_echo_error_shapes(echo, http: httpx.Client):
     def error(body: dict[str, Any]) -> dict[str, Any]:
         r = http.post("/v1/chat/completions", json={"model": "echo", **body})

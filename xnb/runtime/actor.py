@@ -147,7 +147,7 @@ class ModelActor(MediaCalls):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"xnb-actor-{uid}")
         self._reaper: asyncio.Task[None] | None = None
         self.counters = {"requests": 0, "rejected": 0, "aborted": 0, "failed": 0, "embed_requests": 0,
-                         "idle_unloads": 0, "reloads": 0}
+                         "idle_unloads": 0, "reloads": 0, "pulls": 0}
         self.created_at = time.time()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -316,6 +316,7 @@ class ModelActor(MediaCalls):
         if stream is None:
             raise NotFound(f"stream {sid} is unknown or finished", param="stream")
         stream.last_pull = time.monotonic()
+        self.counters["pulls"] += 1
         sink = stream.sink
         await stream.wake.wait(sink.has_output, max_wait)
         if stream.pulled and not sink.done and PULL_COALESCE_S > 0:
@@ -341,6 +342,7 @@ class ModelActor(MediaCalls):
             self._pullers.pop(puller, None)
             return {}
         now = time.monotonic()
+        self.counters["pulls"] += 1
         for _, stream in streams:
             stream.last_pull = now
         await wake.wait(lambda: any(s.sink.has_output() for _, s in mine()), max_wait)
