@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=96, help="llama.cpp tokens per request")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of raw vs engine at concurrency 8")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of raw vs engine at concurrency 8")
     parser.add_argument("--tf-max-tokens", type=int, default=64, help="transformers tokens per request")
     parser.add_argument("--skip", choices=["llama", "transformers"], action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/concurrency.json"))
