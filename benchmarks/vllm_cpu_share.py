@@ -41,7 +41,8 @@ def cpu_seconds(pids: list[int]) -> dict[str, float]:
         for p in procs:
             try:
                 t = p.cpu_times()
-                out[f"{p.pid} {' '.join(p.cmdline()[1:4])[:50]}"] = t.user + t.system
+                label = " ".join(p.cmdline()[1:4])[:50] or p.name()  # vLLM renames its processes
+                out[f"{p.pid} {label}"] = t.user + t.system
             except psutil.Error:
                 pass
     return out
