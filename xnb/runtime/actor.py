@@ -350,7 +350,9 @@ class ModelActor(MediaCalls):
         if ready and PULL_COALESCE_S > 0 and all(s.pulled and not s.sink.done for _, s in ready):
             await asyncio.sleep(PULL_COALESCE_S)
             ready = [(sid, s) for sid, s in mine() if s.sink.has_output()]
-        return {sid: self._take(sid, stream) for sid, stream in ready}
+        out = {sid: self._take(sid, stream) for sid, stream in ready}
+        self._forget_puller(puller)  # its last stream may have been aborted while we waited
+        return out
 
     def _take(self, sid: str, stream: _Stream) -> PullResult:
         """A stream's output since the last pull; forgets the stream once it is done."""
@@ -361,9 +363,17 @@ class ModelActor(MediaCalls):
             return PullResult(items, False, None, None)
         items += sink.take()
         del self._streams[sid]
+        self._forget_puller(stream.puller)
         if sink.error is not None:
             self.counters["failed"] += 1
         return PullResult(items, True, sink.usage, sink.error)
+
+    def _forget_puller(self, puller: str | None) -> None:
+        """Drop a puller's wake-up once it has no streams and nobody waits on it (a new
+        stream of that puller makes a new one; the next ``pull_all`` waits on that)."""
+        wake = self._pullers.get(puller) if puller is not None else None
+        if wake is not None and not wake.waiting and all(s.puller != puller for s in self._streams.values()):
+            del self._pullers[puller]  # type: ignore[arg-type]
 
     async def abort(self, sid: str) -> bool:
         """Cancel a stream (client went away); frees its engine slot."""
@@ -374,6 +384,7 @@ class ModelActor(MediaCalls):
         stream.sink.cancelled.set()
         if self.engine is not None:
             self.engine.abort(stream.sink)
+        self._forget_puller(stream.puller)
         return True
 
     async def generate(self, request: dict[str, Any]) -> GenerateResult:
