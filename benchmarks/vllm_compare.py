@@ -211,25 +211,31 @@ class Backends:
             client.close()
 
 
-def idle_cpu(pids: list[int], seconds: float = 5.0) -> dict[str, float]:
-    """Cores each process tree uses while nothing is asked of it."""
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process of these trees has used, by ``pid command``."""
     import psutil
 
-    def snap() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for pid in pids:
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in procs:
             try:
-                root = psutil.Process(pid)
-                name = " ".join(root.cmdline()[2:4])[:40]
-                times = [p.cpu_times() for p in [root, *root.children(recursive=True)]]
-                out[f"{pid} {name}"] = sum(t.user + t.system for t in times)
+                t = p.cpu_times()
+                label = " ".join(p.cmdline()[1:4]).strip()[:50] or p.name()  # vLLM renames its processes
+                out[f"{p.pid} {label}"] = t.user + t.system
             except psutil.Error:
                 pass
-        return out
+    return out
 
-    before = snap()
+
+def idle_cpu(pids: list[int], seconds: float = 5.0) -> dict[str, float]:
+    """Cores each process of these trees uses while nothing is asked of it."""
+    before = cpu_seconds(pids)
     time.sleep(seconds)
-    after = snap()
+    after = cpu_seconds(pids)
     return {k: round((after[k] - before[k]) / seconds, 3) for k in after if k in before}
 
 

@@ -27,27 +27,6 @@ import vllm_compare as vc  # noqa: E402
 from xnb import bench  # noqa: E402
 
 
-def cpu_seconds(pids: list[int]) -> dict[str, float]:
-    """CPU seconds used so far by each process of these trees, by ``pid command``."""
-    import psutil
-
-    out: dict[str, float] = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                label = " ".join(p.cmdline()[1:4])[:50] or p.name()  # vLLM renames its processes
-                out[f"{p.pid} {label}"] = t.user + t.system
-            except psutil.Error:
-                pass
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("concurrency", type=int, nargs="?", default=1)
@@ -68,11 +47,11 @@ def main() -> None:
         for _ in range(2):
             for name, (url, model) in targets.items():
                 vc.run_level(url, model, prompts[:1], 1, 16)  # warm
-                before, client_before = cpu_seconds(pids), time.process_time()
+                before, client_before = vc.cpu_seconds(pids), time.process_time()
                 t0 = time.monotonic()
                 s: dict[str, Any] = vc.run_level(url, model, prompts, args.concurrency, 128)
                 wall = time.monotonic() - t0
-                after, client = cpu_seconds(pids), time.process_time() - client_before
+                after, client = vc.cpu_seconds(pids), time.process_time() - client_before
                 vc.log(f"{name} c={args.concurrency}: {s['output_throughput']:.1f} tok/s, TTFT p50 "
                        f"{s['ttft_ms']['median']:.0f} ms, TPOT p50 {s['tpot_ms']['median']:.1f} ms, {wall:.1f} s")
                 for key, used in after.items():

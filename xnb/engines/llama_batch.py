@@ -103,7 +103,6 @@ class Slot:
     seq_id: int
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)
-    last_used: float = 0.0
 
 
 class BatchScheduler:
@@ -435,7 +434,6 @@ class BatchScheduler:
         if seq.slot >= 0:
             slot = self.slots[seq.slot]
             slot.seq = None
-            slot.last_used = time.monotonic()
             if self.prefix_cache and reason != "abort":
                 slot.cached = seq.tokens[: seq.n_past]
             else:

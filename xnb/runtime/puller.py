@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+
 from xnb.errors import XnbError
 from xnb.protocol import PullResult
 from xnb.runtime.rpc import ActorRef
