@@ -402,7 +402,7 @@ class BatchScheduler:
         seq.generated += 1
         self.counters["tokens_generated"] += 1
         seq.tokens.append(token)
-        if row is not None:
+        if seq.params.logprobs:
             seq.pending_logprobs.append(token_logprob(row, token, seq.params.top_logprobs or 0, self.vocab.piece))
         text = seq.decoder.feed(self.vocab.piece(token))
         if text:
