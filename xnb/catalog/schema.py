@@ -92,8 +92,10 @@ class LocalSource(_Strict):
 
 
 class ConvertedSource(_Strict):
-    """A GGUF file inside an installed Python package, converted once to a safetensors
-    folder in xnb's cache (:mod:`xnb.catalog.convert`); serves the ``pytorch`` format."""
+    """A GGUF file inside an installed Python package, converted once into xnb's cache
+    (:mod:`xnb.catalog.convert`): in a ``pytorch`` spec to a safetensors folder in
+    ``dtype``; in a ``gguf`` spec, requantized by llama.cpp to the launch's quantization
+    (only to a finer type: Q8_0, F16 or BF16)."""
 
     kind: Literal["converted"] = "converted"
     package: str = Field(description="pip distribution name, used in install hints")

@@ -134,7 +134,8 @@ def progress_line(record: ModelInfo, now: float | None = None) -> str:
         if status is ReplicaStatus.DOWNLOADING and p.get("total"):
             text += f" {_mb(p.get('downloaded', 0))} of {_mb(p['total'])}"
         elif status is ReplicaStatus.DOWNLOADING and p.get("phase") == "converting":
-            text += f" (converting {p.get('file')} to {p.get('dtype')} safetensors)"
+            target = p.get("quantization") or f"{p.get('dtype')} safetensors"
+            text += f" (converting {p.get('file')} to {target})"
         elif status is ReplicaStatus.LOADING and p.get("step"):
             size = f", {_mb(p['size_bytes'])}" if p.get("size_bytes") and "weights" in p["step"] else ""
             text += f" ({p['step']}{size})"
