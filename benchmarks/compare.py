@@ -62,6 +62,9 @@ from xnb import bench  # noqa: E402
 from xnb.bench import BenchConfig, Prompt, RequestResult, summarize  # noqa: E402
 
 SMOL = "smollm2-135m-instruct"
+#: xnb launches the packaged Q4_1 file as it is (its default is Q8_0, requantized from it), so
+#: that xnb, the in-process floor and llama-cpp-python's server all run the same weights.
+SMOL_Q = {"model": SMOL, "quantization": "Q4_1"}
 MINILM = "all-minilm-l6-v2"
 N_CTX = 2048
 THREADS = 2
@@ -405,7 +408,7 @@ def concurrency_runs(args: argparse.Namespace, prompts: list[Prompt], lsrv: str,
                 x = xa if name == XA else xb
                 terminate_via_api(http, x.api, x.uid)
                 x.uid = f"smol-c{c}"
-                launch_via_api(http, x.api, {"model": SMOL, "uid": x.uid, "replicas": x.replicas})
+                launch_via_api(http, x.api, {**SMOL_Q, "uid": x.uid, "replicas": x.replicas})
                 config = BenchConfig(base_url=x.api, model=x.uid, max_tokens=args.max_tokens)
             log(f"{name}: concurrency {c}, {len(prompts)} requests (load {loadavg()})")
             out = asyncio.run(bench.run_benchmark(config, prompts, concurrency=c, warmup=1, prefer_usage=False))
@@ -501,7 +504,7 @@ def run_all(args: argparse.Namespace, gguf: Path, minilm_dir: Path, prompts: lis
         with httpx.Client(timeout=60) as http:
             # -- launch → ready in a fresh worker (imports llama_cpp); footprint; again warm
             log(f"xnb: launch {SMOL} through the management API (load {loadavg()})")
-            cold = launch_via_api(http, xa.api, {"model": SMOL, "uid": "smol-first"})
+            cold = launch_via_api(http, xa.api, {**SMOL_Q, "uid": "smol-first"})
             scheduler = http.get(xa.api + "/health").json()["scheduler"]
             client = xnb.connect(scheduler, settings=XnbSettings(home=xa.home), start=False)
             try:
@@ -515,20 +518,20 @@ def run_all(args: argparse.Namespace, gguf: Path, minilm_dir: Path, prompts: lis
                     "llama_cpp_in_worker": any(client.dask.run(lambda: "llama_cpp" in sys.modules).values()),
                 }
                 terminate_via_api(http, xa.api, "smol-first")
-                warm = launch_via_api(http, xa.api, {"model": SMOL, "uid": "smol"})
+                warm = launch_via_api(http, xa.api, {**SMOL_Q, "uid": "smol"})
                 xa.uid = "smol"
                 results["launch"] = {"cold": cold, "warm": warm}
                 log(f"  launch → ready: {cold['seconds']:.2f} s (fresh worker), {warm['seconds']:.2f} s (again); "
                     f"RSS {results['footprint']['rss_total_mb']:.0f} MB; torch in worker: "
                     f"{results['footprint']['torch_in_worker']}")
-                b = launch_via_api(http, xb.api, {"model": SMOL, "uid": "smol", "replicas": 2})
+                b = launch_via_api(http, xb.api, {**SMOL_Q, "uid": "smol", "replicas": 2})
                 xb.uid = "smol"
                 tree_b = process_tree(xb.proc.pid)
                 results["replicas2"] = {"launch": b, "rss_total_mb": sum(p["rss_mb"] for p in tree_b),
                                         "processes": tree_b}
                 log(f"  2 replicas on 2 workers: ready in {b['seconds']:.2f} s; RSS "
                     f"{results['replicas2']['rss_total_mb']:.0f} MB")
-                launch_via_api(http, xc.api, {"model": SMOL, "uid": "smol"})
+                launch_via_api(http, xc.api, {**SMOL_Q, "uid": "smol"})
                 client_c = xnb.connect(http.get(xc.api + "/health").json()["scheduler"],
                                        settings=XnbSettings(home=xc.home), start=False)
                 try:

@@ -66,7 +66,7 @@ def main() -> None:
         load(model, 2, 2, 8)
         two = load(model, args.concurrency, args.requests, args.max_tokens)
         placed = sorted(r["worker"] for r in model.record["replicas"])
-    print(f"2 workers × 1 thread, SmolLM2-135M Q4_1, concurrency {args.concurrency}, "
+    print(f"2 workers × 1 thread, SmolLM2-135M (default launch, Q8_0), concurrency {args.concurrency}, "
           f"{args.requests} requests × {args.max_tokens} tokens")
     print(f"1 replica : {one:.1f} tok/s")
     print(f"2 replicas: {two:.1f} tok/s  (on {', '.join(placed)})")

@@ -10,8 +10,9 @@ backends cost meanwhile is measured and printed (a few hundredths of a core).
 1. ``vllm-server``: ``python -m vllm.entrypoints.openai.api_server`` from .venv-vllm;
 2. ``xnb-vllm``: ``xnb scheduler`` + ``xnb worker`` from .venv-vllm + ``xnb serve``
    (sidecar → Dask actor → the vLLM engine);
-3. ``xnb-llama.cpp``: a second worker (main env) of the same cluster serving the packaged
-   GGUF on llama.cpp with the **default launch options** (what ``xnb launch`` gives) —
+3. ``xnb-llama.cpp``: a second worker (main env) of the same cluster serving SmolLM2 on
+   llama.cpp with the **default launch** (what ``xnb launch`` gives: the packaged Q4_1
+   GGUF requantized to Q8_0, default engine options) —
    issue 14's table: which engine to choose at which load.
 
 Both vLLM paths load the same converted safetensors folder with the same options

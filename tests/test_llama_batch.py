@@ -86,6 +86,20 @@ def test_concurrent_greedy_equals_sequential(engine, solo):
     assert stats["running"] == 0 and stats["kv_cells_active"] == 0
 
 
+def test_the_packaged_q4_1_is_batch_invariant_too():
+    """The default launch serves Q8_0 (the tests above); ``-q Q4_1`` serves the packaged file,
+    whose matrix products take another path in llama.cpp (row by row)."""
+    eng = make_engine(quantization="Q4_1", max_num_seqs=4, n_ctx=512)
+    try:
+        topics = TOPICS[:4]
+        alone = {t: run_one(eng, poem(t, max_tokens=24)) for t in topics}
+        runs = run_together(eng, [poem(t, max_tokens=24) for t in topics])
+        assert [r.text for r in runs] == [alone[t].text for t in topics]
+        assert eng.stats()["max_batch_seqs"] == 4
+    finally:
+        eng.unload()
+
+
 def test_abort_mid_stream_leaves_the_others_identical(engine, solo):
     before = engine.stats()["sequences_aborted"]
     others = TOPICS[:3]
