@@ -44,7 +44,8 @@ def client(cluster, xnb_settings: XnbSettings):
 
 @pytest.fixture(scope="session")
 def smol(client: Client):
-    """The packaged SmolLM2 GGUF on llama.cpp, shared by the tests that only read."""
+    """SmolLM2 on llama.cpp as a default launch gives it (the packaged Q4_1 GGUF requantized
+    to Q8_0), shared by the tests that only read."""
     model = client.launch(SMOL, uid="smol", timeout=120)
     yield model
     try:
