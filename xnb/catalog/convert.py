@@ -114,7 +114,7 @@ def requantized_path(gguf: Path, cache_dir: Path, quantization: str) -> Path:
     """Where :func:`requantize_gguf` puts (or put) ``gguf`` requantized to ``quantization``."""
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{quantization}".encode())
-    stem = gguf.stem.rsplit(".", 1)[0] if "." in gguf.stem else gguf.stem
+    stem = gguf.stem.rsplit(".", 1)[0]  # "SmolLM2-135M-Instruct.Q4_1" → "SmolLM2-135M-Instruct"
     return (Path(cache_dir).expanduser() / "converted"
             / f"{stem}.{quantization}-{key.hexdigest()[:10]}.gguf")
 
