@@ -132,7 +132,7 @@ def raw_decode_rate(engine: Any, n_seqs: int, steps: int, threads: int) -> float
 def bench_llama(args: argparse.Namespace) -> dict[str, Any]:
     spec = Catalog().resolve("smollm2-135m-instruct", engine="llama-cpp", quantization=args.quantization)
     cls = get_engine("llama-cpp")
-    path = resolve_files(spec, cache_dir=XnbSettings().home / "cache").path  # as a launch gets it
+    path = resolve_files(spec, cache_dir=XnbSettings().cache_dir).path  # as a launch gets it
     print(f"llama.cpp: {spec.quantization} ({path})", flush=True)
     engine = cls(spec, path, cls.Options(), ReplicaResources(threads=args.threads))
     info = engine.load()

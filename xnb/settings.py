@@ -110,6 +110,11 @@ class XnbSettings(BaseSettings):
         return self.home / "catalog"
 
     @property
+    def cache_dir(self) -> Path:
+        """Model files: hub downloads, conversions, and the index of both."""
+        return self.home / "cache"
+
+    @property
     def state_path(self) -> Path:
         """The state directory of `xnb scheduler`."""
         return self.state_dir or self.home / "state"

@@ -222,5 +222,5 @@ def packaged_smollm2_safetensors(cache_dir: Path | None = None, dtype: str = "bf
     if cache_dir is None:
         from xnb.settings import XnbSettings
 
-        cache_dir = XnbSettings().home / "cache"
+        cache_dir = XnbSettings().cache_dir
     return convert_gguf(gguf, Path(cache_dir), dtype)

@@ -312,7 +312,7 @@ class Supervisor(SchedulerPlugin):
                 gpus=list(replica.gpus),
                 max_queue=record.options["max_queue"],
                 keep_alive=record.options.get("keep_alive"),
-                cache_dir=str(self.settings.home / "cache"),
+                cache_dir=str(self.settings.cache_dir),
                 actor=True,
                 workers=[replica.worker],
                 allow_other_workers=False,
